@@ -1,0 +1,59 @@
+"""steering-hpo: find the best activation-steering configuration for a model and ship it.
+
+Public API: the config schemas, the errors, the vocabulary, the batching helpers shared with
+`objectives/`, and `load_bundle` to apply an exported bundle to a transformers model.
+"""
+
+from __future__ import annotations
+
+from hpo.batching import length_sorted_batches, pad_left
+from hpo.config import (
+    ExportConfig,
+    GenerateConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    RunConfig,
+    SearchSpaceConfig,
+    SplitConfig,
+    StorageConfig,
+    StudyConfig,
+    TaskConfig,
+)
+from hpo.errors import TrialFailure, UserError
+from hpo.vocabulary import AGGREGATIONS, ALPHA_SCALES, METHODS, POSITIONS
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # Lazy: loading a bundle needs torch + safetensors only; keep `import hpo` cheap.
+    if name in ("load_bundle", "Bundle"):
+        from hpo import bundle
+
+        return getattr(bundle, name)
+    raise AttributeError(f"module 'hpo' has no attribute {name!r}")
+
+
+__all__ = [
+    "AGGREGATIONS",
+    "ALPHA_SCALES",
+    "METHODS",
+    "POSITIONS",
+    "Bundle",
+    "ExportConfig",
+    "GenerateConfig",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "RunConfig",
+    "SearchSpaceConfig",
+    "SplitConfig",
+    "StorageConfig",
+    "StudyConfig",
+    "TaskConfig",
+    "TrialFailure",
+    "UserError",
+    "__version__",
+    "length_sorted_batches",
+    "load_bundle",
+    "pad_left",
+]

@@ -1,0 +1,151 @@
+"""The activation cache: one forward pass over the train pairs, every layer, every aggregation.
+
+Trials build vectors from this cache in milliseconds and never re-run extraction. The file is
+safetensors under a content hash of everything that determines it (model weights, dtype,
+tokenizer, the rendered pairs, the aggregations), written to a temp file and renamed, so workers
+on one machine share it safely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from hpo.batching import length_sorted_batches, pad_left
+from hpo.models import LoadedModel
+from hpo.paths import cache_dir
+from hpo.vocabulary import AGGREGATIONS
+from objectives import ContrastivePair
+
+log = logging.getLogger(__name__)
+
+
+SIDES = ("positive", "negative")
+CACHE_FORMAT = 1
+
+
+class ActivationCache:
+    """Cached block outputs: `positive.<agg>` / `negative.<agg>`, `[pairs, layers, H]`."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], key: str) -> None:
+        self.tensors = tensors
+        self.key = key
+        self._norms: dict[tuple[str, int], float] = {}
+
+    def pair(self, aggregation: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positive and negative activations `[pairs, H]` at one layer and aggregation."""
+        return (
+            self.tensors[f"positive.{aggregation}"][:, layer, :],
+            self.tensors[f"negative.{aggregation}"][:, layer, :],
+        )
+
+    def mean_norm(self, aggregation: str, layer: int) -> float:
+        """Mean L2 norm of the cached activations at a layer: the unit of relative alpha."""
+        if (aggregation, layer) not in self._norms:
+            pos, neg = self.pair(aggregation, layer)
+            self._norms[(aggregation, layer)] = float(torch.cat([pos, neg]).norm(dim=-1).mean())
+        return self._norms[(aggregation, layer)]
+
+    @property
+    def num_pairs(self) -> int:
+        """How many contrastive pairs the cache holds."""
+        return int(self.tensors[f"positive.{AGGREGATIONS[0]}"].shape[0])
+
+
+def cache_key(loaded: LoadedModel, pairs: Sequence[ContrastivePair]) -> str:
+    """Content hash of everything the cached activations depend on."""
+    tok = loaded.tokenizer
+    payload = {
+        "format": CACHE_FORMAT,
+        "model": loaded.fingerprint,
+        "tokenizer": [type(tok).__name__, len(tok), tok.pad_token],
+        "pairs": [[p.prompt, p.positive, p.negative] for p in pairs],
+        "aggregations": AGGREGATIONS,
+    }
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]
+
+
+def extract_activations(
+    loaded: LoadedModel, pairs: Sequence[ContrastivePair], batch_size: int = 8
+) -> dict[str, torch.Tensor]:
+    """Run the model once over every pair and record each block's output at each aggregation."""
+    tok = loaded.tokenizer
+    seqs: list[list[int]] = []
+    starts: list[int] = []
+    for pair in pairs:
+        prompt_ids = tok.encode(pair.prompt)
+        for completion in (pair.positive, pair.negative):
+            seqs.append(prompt_ids + tok.encode(completion, add_special_tokens=False))
+            starts.append(len(prompt_ids))
+    n_layers, hidden = loaded.shape.num_layers, loaded.shape.hidden_size
+    out = {agg: torch.zeros(len(seqs), n_layers, hidden) for agg in AGGREGATIONS}
+    captured: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer: int):  # type: ignore[no-untyped-def]
+        def hook(_module: torch.nn.Module, _args: object, output: object) -> None:
+            hidden_states = output[0] if isinstance(output, tuple) else output
+            assert isinstance(hidden_states, torch.Tensor)
+            captured[layer] = hidden_states.detach().float()
+
+        return hook
+
+    handles = [b.register_forward_hook(make_hook(i)) for i, b in enumerate(loaded.blocks)]
+    try:
+        for batch in length_sorted_batches([len(s) for s in seqs], batch_size):
+            inputs = pad_left([seqs[i] for i in batch], tok.pad_token_id, loaded.device)
+            width = inputs["input_ids"].shape[1]
+            with torch.inference_mode():
+                loaded.model(**inputs, use_cache=False)
+            stacked = torch.stack([captured[i] for i in range(n_layers)], dim=1).cpu()
+            for row, i in enumerate(batch):
+                begin = width - len(seqs[i]) + starts[i]
+                out["choice"][i] = stacked[row, :, begin]
+                out["last"][i] = stacked[row, :, width - 1]
+                out["mean"][i] = stacked[row, :, begin:].mean(dim=1)
+            captured.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    tensors = {}
+    for agg in AGGREGATIONS:
+        tensors[f"positive.{agg}"] = out[agg][0::2].contiguous()
+        tensors[f"negative.{agg}"] = out[agg][1::2].contiguous()
+    return tensors
+
+
+def _cache_path(key: str) -> Path:
+    return cache_dir() / "activations" / f"{key}.safetensors"
+
+
+def load_or_build(loaded: LoadedModel, pairs: Sequence[ContrastivePair]) -> ActivationCache:
+    """Return the cached activations for these pairs, extracting them only if none are on disk."""
+    key = cache_key(loaded, pairs)
+    path = _cache_path(key)
+    if path.is_file():
+        try:
+            tensors = load_file(str(path))
+            log.info("activation cache hit: %s", path.name)
+            return ActivationCache(tensors, key)
+        except (SafetensorError, OSError) as e:
+            log.warning("activation cache %s unreadable (%s); rebuilding it", path, e)
+    log.info("extracting activations for %d pairs (once)", len(pairs))
+    tensors = extract_activations(loaded, pairs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"key": key, "model": loaded.fingerprint})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return ActivationCache(tensors, key)

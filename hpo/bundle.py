@@ -1,0 +1,151 @@
+"""Load an exported bundle and apply it to a transformers model.
+
+Only `json`, `safetensors` and `torch` are needed: no pickle, no remote code, none of the
+training machinery. `load_bundle(path).apply(model)` is a context manager.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from hpo.blocks import find_blocks, num_hidden_layers
+from hpo.errors import UserError
+from hpo.steering import SteeringHandle, steer
+
+SCHEMA_VERSION = 1
+STEERING_JSON = "steering.json"
+
+
+def vector_relpath(trait: str) -> str:
+    """Where a trait's vectors live inside a bundle (seed 000's layout)."""
+    return f"vectors/{trait}/steering_vector.safetensors"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class BundleError(UserError):
+    """A bundle that cannot be loaded or does not fit the model."""
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: vectors by layer, the exported alpha, and how to apply them.
+
+    Attributes:
+        alpha: multiplier used by `apply`; change it, also while a context is open.
+        enabled: `False` makes an open `apply` context run the model unsteered.
+    """
+
+    path: Path
+    meta: dict[str, Any]
+    vectors: dict[int, torch.Tensor]
+    alpha: float
+    positions: str
+    _handles: list[SteeringHandle] = field(default_factory=list, repr=False)
+    _enabled: bool = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "alpha":
+            for handle in getattr(self, "_handles", []):
+                handle.alpha = float(value)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether open `apply` contexts steer."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = value
+        for handle in self._handles:
+            handle.enabled = value
+
+    def check_model(self, model: Any) -> None:
+        """Refuse a model with another hidden size or too few layers for this bundle."""
+        want = self.meta["model"]
+        text = model.config.get_text_config()
+        hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+        if hidden != want["hidden_size"]:
+            raise BundleError(
+                f"bundle {self.path} was made for hidden size {want['hidden_size']}, "
+                f"the model has {hidden}"
+            )
+        layers = num_hidden_layers(model)
+        if max(self.vectors) >= layers:
+            raise BundleError(
+                f"bundle {self.path} steers layer {max(self.vectors)}, the model has only "
+                f"{layers} layers"
+            )
+
+    @contextmanager
+    def apply(self, model: Any) -> Iterator[SteeringHandle]:
+        """Steer `model` while the context is open; hooks are removed on exit."""
+        self.check_model(model)
+        with steer(model, find_blocks(model), self.vectors, self.alpha, self.positions) as h:
+            h.enabled = self._enabled
+            self._handles.append(h)
+            try:
+                yield h
+            finally:
+                self._handles.remove(h)
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load a bundle directory written by `hpo export`, verifying every file's sha256.
+
+    Raises:
+        BundleError: missing directory or file, bad JSON, checksum mismatch, corrupt tensors.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise BundleError(f"bundle directory {str(root)!r} does not exist")
+    meta_path = root / STEERING_JSON
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError as e:
+        raise BundleError(f"bundle {root} has no {STEERING_JSON}") from e
+    except json.JSONDecodeError as e:
+        raise BundleError(f"bundle {root}: {STEERING_JSON} is not valid JSON ({e})") from e
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            f"bundle {root}: schema_version must be {SCHEMA_VERSION}, "
+            f"got {meta.get('schema_version')!r}"
+        )
+    for rel, digest in meta.get("sha256", {}).items():
+        file = root / rel
+        if not file.is_file():
+            raise BundleError(f"bundle {root} lacks {rel}")
+        if sha256_file(file) != digest:
+            raise BundleError(f"bundle {root}: {rel} does not match its sha256 (corrupted?)")
+    vector_file = root / vector_relpath(meta["trait"])
+    try:
+        tensors = load_file(str(vector_file))
+    except (SafetensorError, OSError) as e:
+        raise BundleError(f"bundle {root}: cannot read {vector_file.name}: {e}") from e
+    vectors = {int(name.split(".", 1)[1]): t.float() for name, t in tensors.items()}
+    if sorted(vectors) != sorted(meta["layers"]):
+        raise BundleError(
+            f"bundle {root}: tensors for layers {sorted(vectors)} but steering.json lists "
+            f"{meta['layers']}"
+        )
+    return Bundle(
+        path=root,
+        meta=meta,
+        vectors=vectors,
+        alpha=float(meta["alpha"]),
+        positions=meta["application"]["positions"],
+    )

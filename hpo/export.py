@@ -1,0 +1,204 @@
+"""Export a study's winner as a bundle: vectors + config + honest metrics, written atomically.
+
+The held-out test split is read here and only here, after the winner is chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+from safetensors.torch import save_file
+
+from hpo import __version__
+from hpo.bundle import SCHEMA_VERSION, STEERING_JSON, sha256_file, vector_relpath
+from hpo.config import RunConfig
+from hpo.errors import UserError
+from hpo.model_card import model_card
+from hpo.stats import bootstrap_diff_ci
+from hpo.tasks import load_task
+from hpo.trial import BASELINE_ATTR, BASELINE_VALUE_ATTR, Worker
+
+log = logging.getLogger(__name__)
+
+
+def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
+    """`export.trial` if given, else the best COMPLETE steered (non-baseline) trial.
+
+    Raises:
+        UserError: the named trial does not exist or did not complete, or nothing completed.
+    """
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if number is not None:
+        for t in complete:
+            if t.number == number:
+                return t
+        raise UserError(
+            f"export.trial must be a COMPLETE trial of study {study.study_name!r}, got {number}; "
+            f"complete trials: {[t.number for t in complete]}"
+        )
+    steered = [t for t in complete if not t.user_attrs.get(BASELINE_ATTR)]
+    if not steered:
+        raise UserError(f"study {study.study_name!r} has no completed steered trial to export")
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return (max if maximize else min)(steered, key=lambda t: float(t.value))  # type: ignore[arg-type]
+
+
+def measure(worker: Worker, trial: FrozenTrial, study: optuna.Study) -> dict[str, Any]:
+    """Validation (from the study) and held-out test metrics, steered vs unsteered."""
+    objective = worker.objective
+    test_rows = load_task(worker.cfg.task).test()
+    prepared = worker.prepare(test_rows)
+    steered = worker.score(trial.params, prepared)
+    reuse = getattr(prepared, "prefix", None) is not None
+    baseline = objective.score(worker.loaded.model, prepared, reuse_prefix=reuse)
+    lo, hi = bootstrap_diff_ci(steered.per_item, baseline.per_item, seed=worker.cfg.study.seed)
+    per_letter_val = {
+        k[len("letter_") :]: v for k, v in trial.user_attrs.items() if k.startswith("letter_")
+    }
+    test_letters = {"steered": steered.per_letter, "baseline": baseline.per_letter}
+    return {
+        "warnings": honesty_warnings(lo, hi, test_letters),
+        "validation": {
+            "steered": trial.value,
+            "baseline": study.user_attrs.get(BASELINE_VALUE_ATTR),
+            "n": worker.cfg.task.splits.validation,
+            "per_letter": per_letter_val,
+        },
+        "test": {
+            "steered": steered.value,
+            "baseline": baseline.value,
+            "n": steered.n,
+            "difference": steered.value - baseline.value,
+            "ci95": [lo, hi],
+            "per_letter": test_letters,
+        },
+    }
+
+
+def honesty_warnings(
+    lo: float, hi: float, per_letter: dict[str, dict[str, float]], tol: float = 0.02
+) -> list[str]:
+    """Why a user should not trust a gain: inside the noise, or a shifted letter prior."""
+    warnings = []
+    if lo <= 0.0 <= hi:
+        warnings.append(
+            f"the test difference's 95% interval [{lo:+.4f}, {hi:+.4f}] contains 0: "
+            "the gain may be noise"
+        )
+    moves = {
+        k: per_letter["steered"][k] - per_letter["baseline"].get(k, 0.0)
+        for k in per_letter["steered"]
+    }
+    if any(m > tol for m in moves.values()) and any(m < -tol for m in moves.values()):
+        shown = ", ".join(f"{k}: {m:+.3f}" for k, m in moves.items())
+        warnings.append(
+            f"per-letter scores move in opposite directions ({shown}): the vector shifts the "
+            "letter prior rather than the behaviour"
+        )
+    return warnings
+
+
+def _experiment_yaml(cfg: RunConfig, trial: FrozenTrial) -> str:
+    """The winner as an experiment config: the study's settings pinned to the winning params."""
+    p = trial.params
+    pinned = {
+        "model": dataclasses.asdict(cfg.model),
+        "task": dataclasses.asdict(cfg.task),
+        "search_space": {
+            "layers": {"low": p["layer"], "high": p["layer"], "step": 1},
+            "alpha": {"low": p["alpha"], "high": p["alpha"], "log": False},
+            "aggregation": [p["aggregation"]],
+            "method": [p["method"]],
+            "positions": [p["positions"]],
+            "alpha_scale": cfg.search_space.alpha_scale,
+        },
+        "study": {"name": f"{cfg.study.name}-replay", "n_trials": 2, "seed": cfg.study.seed},
+    }
+    header = (
+        "# @package _global_\n"
+        f"# Winner of study {cfg.study.name!r} (trial {trial.number}), pinned as an experiment:\n"
+        "#   hpo optimize --config-dir <bundle dir> experiment=config\n"
+    )
+    return header + yaml.safe_dump(pinned, sort_keys=False)
+
+
+def write_bundle(
+    worker: Worker, study: optuna.Study, trial: FrozenTrial, out_dir: str | Path
+) -> Path:
+    """Score the winner on the test split and write the bundle directory atomically."""
+    cfg = worker.cfg
+    target = Path(out_dir).expanduser().resolve()
+    vectors = worker.vectors(trial.params)
+    metrics = measure(worker, trial, study)
+    trait = cfg.task.name
+    shape = worker.loaded.shape
+    meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "trait": trait,
+        "model": {
+            "name_or_path": cfg.model.name_or_path,
+            "gguf_file": cfg.model.gguf_file,
+            "revision": cfg.model.revision,
+            "architecture": shape.architecture,
+            "num_layers": shape.num_layers,
+            "hidden_size": shape.hidden_size,
+            "dtype": cfg.model.dtype,
+        },
+        "method": trial.params["method"],
+        "aggregation": trial.params["aggregation"],
+        "application": {"positions": trial.params["positions"], "mode": "add"},
+        "layers": sorted(vectors),
+        "alpha": trial.params["alpha"],
+        "alpha_scale": cfg.search_space.alpha_scale,
+        "metrics": metrics,
+        "objective": {"kind": cfg.task.objective.kind, "direction": cfg.task.objective.direction},
+        "study": {
+            "name": study.study_name,
+            "trial": trial.number,
+            "params": trial.params,
+            "n_trials": len(study.get_trials(deepcopy=False)),
+        },
+        "package": {"name": "steering-hpo", "version": __version__},
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        vec_path = tmp / vector_relpath(trait)
+        vec_path.parent.mkdir(parents=True)
+        save_file(
+            {
+                f"layer.{layer}": v.detach().float().cpu().contiguous()
+                for layer, v in vectors.items()
+            },
+            str(vec_path),
+            metadata={"trait": trait, "alpha": str(trial.params["alpha"])},
+        )
+        (tmp / "config.yaml").write_text(_experiment_yaml(cfg, trial))
+        (tmp / "README.md").write_text(model_card(meta))
+        meta["sha256"] = {
+            rel: sha256_file(tmp / rel)
+            for rel in (vector_relpath(trait), "config.yaml", "README.md")
+        }
+        (tmp / STEERING_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("bundle written to %s", target)
+    return target

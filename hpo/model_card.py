@@ -1,0 +1,75 @@
+"""The bundle's README.md: a model card with YAML front matter, like seed 000's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    """Render the model card for a bundle's `steering.json` contents."""
+    model = meta["model"]
+    val, test = meta["metrics"]["validation"], meta["metrics"]["test"]
+    base = model["name_or_path"] + (f" ({model['gguf_file']})" if model.get("gguf_file") else "")
+    front = {
+        "base_model": model["name_or_path"],
+        "library_name": "transformers",
+        "tags": ["steering", "activation-steering", meta["method"], "optuna", meta["trait"]],
+        "metrics": {
+            "objective": meta["objective"]["kind"],
+            "validation_steered": val["steered"],
+            "validation_baseline": val["baseline"],
+            "test_steered": test["steered"],
+            "test_baseline": test["baseline"],
+            "test_n": test["n"],
+        },
+    }
+    layers = ", ".join(str(x) for x in meta["layers"])
+    lo, hi = test["ci95"]
+    warnings = "".join(f"> **Warning:** {w}\n\n" for w in meta["metrics"].get("warnings", []))
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False).strip()}
+---
+
+# Steering vector: {meta["trait"]}
+
+A {meta["method"].upper()} steering vector for **{base}** found by an Optuna TPE search
+(study `{meta["study"]["name"]}`, trial {meta["study"]["trial"]} of {meta["study"]["n_trials"]}).
+It is added to the output of decoder block(s) {layers} with alpha = {meta["alpha"]:.4f}
+({meta["alpha_scale"]} scale), at positions `{meta["application"]["positions"]}`.
+
+{warnings}## Metrics ({meta["objective"]["kind"]}, {meta["objective"]["direction"]})
+
+| split | n | baseline | steered | difference (95% CI) |
+|---|---|---|---|---|
+| validation | {val["n"]} | {_num(val["baseline"])} | {_num(val["steered"])} | |
+| test (held out) | {test["n"]} | {_num(test["baseline"])} | {_num(test["steered"])} | \
+{test["difference"]:+.4f} [{lo:+.4f}, {hi:+.4f}] |
+
+## Use it
+
+```python
+import hpo
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+bundle = hpo.load_bundle("path/to/this/bundle")
+model = AutoModelForCausalLM.from_pretrained("<the base model>")
+with bundle.apply(model):          # hooks removed on exit
+    ...                            # generate / score as usual
+bundle.alpha = 0.5 * bundle.alpha  # change strength; bundle.enabled = False to turn off
+```
+
+Without steering-hpo: `vectors/{meta["trait"]}/steering_vector.safetensors` holds float32 tensors
+`layer.<L>`; add `alpha * tensor` to the output hidden state of decoder block `L`.
+
+## Files
+
+- `steering.json`: everything above as data, with sha256 of every file
+- `vectors/{meta["trait"]}/steering_vector.safetensors`: the vector(s) at alpha = 1
+- `config.yaml`: the winning trial as an experiment config
+"""

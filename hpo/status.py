@@ -1,0 +1,57 @@
+"""`hpo status`: one screen on a study's state."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo.study import summary
+from hpo.trial import BASELINE_ATTR
+
+
+def _params(params: dict[str, Any]) -> str:
+    return " ".join(
+        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+def render_status(study: optuna.Study, url: str) -> str:
+    """Trials by state, baseline, best so far, running and failed trials with reasons."""
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name for t in trials)
+    info = summary(study)
+    lines = [
+        f"study     {study.study_name}  ({url})",
+        f"direction {study.direction.name.lower()}",
+        "trials    "
+        + ", ".join(f"{state.name} {counts.get(state.name, 0)}" for state in TrialState),
+    ]
+    baseline = info["baseline"]
+    lines.append(f"baseline  {'n/a' if baseline is None else f'{baseline:.4f}'} (alpha = 0)")
+    if info["best_trial"] is not None:
+        delta = "" if baseline is None else f" (delta {info['best_value'] - baseline:+.4f})"
+        lines.append(
+            f"best      trial {info['best_trial']}: {info['best_value']:.4f}{delta}  "
+            f"{_params(info['best_params'])}"
+        )
+    now = time.time()
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            age = now - t.datetime_start.timestamp() if t.datetime_start else 0.0
+            lines.append(
+                f"running   trial {t.number} on {t.user_attrs.get('worker', '?')} "
+                f"for {age:.0f}s  {_params(t.params)}"
+            )
+        elif t.state == TrialState.FAIL:
+            reason = t.user_attrs.get("fail_reason") or t.system_attrs.get(
+                "fail_reason", "no reason recorded (worker died?)"
+            )
+            lines.append(f"failed    trial {t.number}: {reason}")
+    flag = [t.number for t in trials if t.user_attrs.get(BASELINE_ATTR)]
+    if flag:
+        lines.append(f"baseline trial(s): {flag}")
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""Create or join a study, prepare a worker once, and run trials until the exact budget is met."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import optuna
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from hpo.activations import load_or_build
+from hpo.config import RunConfig
+from hpo.errors import TrialFailure, UserError
+from hpo.models import load_model, read_shape
+from hpo.tasks import load_task
+from hpo.trial import BASELINE_ATTR, SteeringObjective, Worker
+from objectives import KINDS, make_objective
+from search_spaces import baseline_params, validate
+from storage import create_storage, default_sqlite_url, mask_url
+
+log = logging.getLogger(__name__)
+
+CONFIG_ATTR = "hpo_config"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# What must match for a worker to join a study: the same model, task and search space.
+FINGERPRINT_KEYS = ("model", "task", "search_space")
+MAX_CONSECUTIVE_FAILURES = 10
+
+
+def storage_url(cfg: RunConfig) -> str:
+    """`storage.url`, or the embedded default SQLite file in `output_dir`."""
+    return cfg.storage.url or default_sqlite_url(cfg.output_dir)
+
+
+def config_record(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as plain data, with the storage URL's password masked."""
+    record = dataclasses.asdict(cfg)
+    record["storage"]["url"] = mask_url(storage_url(cfg))
+    return record
+
+
+def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: study has {a!r}, this run has {b!r}")
+    return out
+
+
+def open_study(cfg: RunConfig, create: bool = True) -> optuna.Study:
+    """Load the study, or create it (recording its config and enqueueing the baseline).
+
+    Raises:
+        UserError: the study does not exist and `create` is False, or it exists with a different
+            model, task or search space (the differences are spelled out).
+    """
+    url = storage_url(cfg)
+    storage = create_storage(cfg.storage, url)
+    sampler = instantiate(OmegaConf.create(cfg.sampler)) if cfg.sampler else None
+    pruner = instantiate(OmegaConf.create(cfg.pruner)) if cfg.pruner else None
+    if not create:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        if cfg.study.name not in names:
+            raise UserError(
+                f"no study named {cfg.study.name!r} in {mask_url(url)}; studies there: {names}"
+            )
+    study = optuna.create_study(
+        study_name=cfg.study.name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction=StudyDirection[cfg.task.objective.direction.upper()],
+        load_if_exists=True,
+    )
+    record = config_record(cfg)
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored is None:
+        study.set_user_attr(CONFIG_ATTR, record)
+        study.set_user_attr("optuna_version", optuna.__version__)
+        if cfg.study.baseline:
+            study.enqueue_trial(
+                baseline_params(cfg.search_space),
+                user_attrs={BASELINE_ATTR: True},
+                skip_if_exists=True,
+            )
+    elif create:
+        diffs = [d for k in FINGERPRINT_KEYS for d in _differences(stored[k], record[k], f"{k}.")]
+        if diffs:
+            raise UserError(
+                f"study {cfg.study.name!r} was made with another config ({'; '.join(diffs)}); "
+                "use another study.name or the same overrides"
+            )
+    return study
+
+
+def stored_config(study: optuna.Study) -> dict[str, Any]:
+    """The resolved config a study was created with."""
+    record = study.user_attrs.get(CONFIG_ATTR)
+    if not isinstance(record, dict):
+        raise UserError(f"study {study.study_name!r} was not created by hpo (no {CONFIG_ATTR})")
+    return record
+
+
+def prepare_worker(cfg: RunConfig) -> Worker:
+    """Load the model, task, activation cache and tokenized validation split, once."""
+    loaded = load_model(cfg.model)
+    task = load_task(cfg.task)
+    objective = make_objective(cfg.task, loaded.tokenizer)
+    cache = load_or_build(loaded, objective.train_pairs(task.train))
+    worker = Worker(cfg, loaded, objective, cache, None)
+    worker.validation = worker.prepare(task.validation)
+    return worker
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Everything that can be checked before a model loads (search space vs the model's shape)."""
+    kind = cfg.task.objective.kind
+    if kind not in KINDS:
+        raise UserError(f"task.objective.kind must be one of {sorted(KINDS)}, got {kind!r}")
+    validate(cfg.search_space, read_shape(cfg.model).num_layers)
+
+
+def finished_trials(study: optuna.Study) -> int:
+    """Trials that count against the budget (COMPLETE and PRUNED)."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def run_trials(study: optuna.Study, worker: Worker, n_trials: int) -> None:
+    """Run trials until `n_trials` have finished in the whole study (failed ones do not count)."""
+    failures = 0
+
+    def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal failures
+        failures = failures + 1 if trial.state == TrialState.FAIL else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            log.error("%d trials failed in a row; stopping this worker", failures)
+            study.stop()
+        elif finished_trials(study) >= n_trials:
+            study.stop()
+
+    if finished_trials(study) >= n_trials:
+        log.info("study %r already has %d finished trials", study.study_name, n_trials)
+        return
+    objective = SteeringObjective(worker)
+    study.optimize(objective, catch=(TrialFailure,), callbacks=[stop_when_done])
+
+
+def summary(study: optuna.Study) -> dict[str, Any]:
+    """Baseline and best steered value of a study, as plain numbers."""
+    baseline = study.user_attrs.get("baseline_value")
+    steered = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not t.user_attrs.get(BASELINE_ATTR)
+    ]
+    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    best = max(steered, key=lambda t: sign * float(t.value or 0.0)) if steered else None
+    return {
+        "baseline": baseline,
+        "best_value": None if best is None else best.value,
+        "best_trial": None if best is None else best.number,
+        "best_params": None if best is None else best.params,
+        "n_complete": len(steered) + (baseline is not None),
+    }

@@ -1,0 +1,98 @@
+"""Load a task's rows through `datasets` and split them into seeded, disjoint train / validation /
+test splits. The test split is only materialised on request, so a study can never read it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpo.config import TaskConfig
+from hpo.errors import UserError
+from hpo.paths import PKG_SCHEME, resolve_source
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+SPLITS = ("train", "validation", "test")
+
+Row = dict[str, Any]
+
+
+def _read_rows(source: str) -> list[Row]:
+    import datasets
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    datasets.disable_progress_bars()
+    local = source.startswith(PKG_SCHEME) or os.path.exists(os.path.expanduser(source))
+    try:
+        if local:
+            path = resolve_source(source)
+            builder = FORMATS.get(path.suffix.lower())
+            if builder is None:
+                raise UserError(
+                    f"task.source must end in one of {sorted(FORMATS)}, got {path.name!r}"
+                )
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        else:
+            ds = datasets.load_dataset(source, split="train")
+    except UserError:
+        raise
+    except Exception as e:  # datasets raises many types; all mean "cannot read this source"
+        raise UserError(f"cannot read task.source {source!r}: {type(e).__name__}: {e}") from e
+    return [dict(row) for row in ds]
+
+
+@dataclass
+class TaskSplits:
+    """Disjoint splits of one task. `test()` is the only way to the held-out rows."""
+
+    train: list[Row]
+    validation: list[Row]
+    _test: list[Row] = field(repr=False)
+    data_hash: str = ""
+
+    def test(self) -> list[Row]:
+        """The held-out test split: read only when exporting a winner."""
+        log.debug("reading the held-out test split (%d rows)", len(self._test))
+        return self._test
+
+
+def load_task(cfg: TaskConfig) -> TaskSplits:
+    """Read, check and split a task's rows.
+
+    Raises:
+        UserError: empty source, a missing column, or fewer rows than the splits ask for.
+    """
+    rows = _read_rows(cfg.source)
+    if not rows:
+        raise UserError(f"task {cfg.name!r}: source {cfg.source!r} has no rows")
+    for role, column in cfg.columns.items():
+        if column not in rows[0]:
+            raise UserError(
+                f"task {cfg.name!r}: column {column!r} (task.columns.{role}) is missing from "
+                f"{cfg.source!r}; columns present: {sorted(rows[0])}"
+            )
+    if cfg.limit is not None:
+        rows = rows[: cfg.limit]
+    sizes = cfg.splits
+    need = sizes.train + sizes.validation + sizes.test
+    if len(rows) < need:
+        raise UserError(
+            f"task {cfg.name!r}: splits need train+validation+test={need} rows, "
+            f"source has {len(rows)}{' after task.limit' if cfg.limit else ''}"
+        )
+    order = list(range(len(rows)))
+    random.Random(sizes.seed).shuffle(order)
+    a, b = sizes.train, sizes.train + sizes.validation
+    train = [rows[i] for i in order[:a]]
+    validation = [rows[i] for i in order[a:b]]
+    test = [rows[i] for i in order[b:need]]
+    digest = hashlib.sha256(
+        json.dumps([train, validation], sort_keys=True, default=str).encode()
+    ).hexdigest()
+    return TaskSplits(train, validation, test, digest)

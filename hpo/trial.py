@@ -1,0 +1,134 @@
+"""One trial: suggest params, build the vector from the cache, steer, score the validation split.
+
+The hot path is deliberately short (build vector -> hook -> score) and everything else a trial
+needs (model, tokenized validation split, activation cache) is loaded once per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+
+from hpo.activations import ActivationCache
+from hpo.config import RunConfig
+from hpo.errors import TrialFailure
+from hpo.methods import build_vector
+from hpo.models import LoadedModel
+from hpo.steering import steer
+from objectives import Objective, ScoreResult
+from search_spaces import suggest
+
+log = logging.getLogger(__name__)
+
+BASELINE_ATTR = "baseline"
+BASELINE_VALUE_ATTR = "baseline_value"
+# Positions whose steering starts at the prompt's last token: the prefix before it is shared.
+PREFIX_POSITIONS = {"prompt_end_onward"}
+
+
+@dataclass
+class Worker:
+    """Everything loaded once per worker and reused by every trial."""
+
+    cfg: RunConfig
+    loaded: LoadedModel
+    objective: Objective
+    cache: ActivationCache
+    validation: Any
+
+    def vectors(self, params: dict[str, Any]) -> dict[int, torch.Tensor]:
+        """The vector(s) added at alpha = 1 for a trial's params."""
+        layer = int(params["layer"])
+        vector = build_vector(
+            self.cache,
+            params["method"],
+            params["aggregation"],
+            layer,
+            self.cfg.search_space.alpha_scale,
+        )
+        return {layer: vector}
+
+    def prepare(self, rows: list[Any]) -> Any:
+        """Tokenize a split once; cache its unsteered prompt prefix when the space can reuse it."""
+        prepared = self.objective.prepare(rows)
+        if PREFIX_POSITIONS & set(self.cfg.search_space.positions):
+            self.objective.build_prefix(self.loaded.model, prepared)
+        return prepared
+
+    def score(
+        self,
+        params: dict[str, Any],
+        prepared: Any,
+        report: Any = None,
+        vectors: dict[int, torch.Tensor] | None = None,
+    ) -> ScoreResult:
+        """Score a prepared split with the params' steering applied."""
+        vectors = self.vectors(params) if vectors is None else vectors
+        loaded = self.loaded
+        reuse = params["positions"] in PREFIX_POSITIONS and getattr(prepared, "prefix", None)
+        with steer(loaded.model, loaded.blocks, vectors, params["alpha"], params["positions"]):
+            return self.objective.score(loaded.model, prepared, report, bool(reuse))
+
+
+class SteeringObjective:
+    """The callable handed to `study.optimize`."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.host = socket.gethostname()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        worker = self.worker
+        params = suggest(trial, worker.cfg.search_space)
+        is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR, False))
+        started = time.perf_counter()
+        vectors = worker.vectors(params)
+        built = time.perf_counter()
+
+        def report(step: int, value: float) -> None:
+            trial.report(value, step)
+            if not is_baseline and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at batch {step} with running value {value:.4f}")
+
+        result = worker.score(params, worker.validation, report, vectors)
+        scored = time.perf_counter()
+        trial.set_user_attr("time_vector_s", round(built - started, 6))
+        trial.set_user_attr("time_score_s", round(scored - built, 4))
+        trial.set_user_attr("vector_norm", round(float(next(iter(vectors.values())).norm()), 4))
+        trial.set_user_attr("worker", f"{self.host}:{os.getpid()}")
+        trial.set_user_attr("device", str(worker.loaded.device))
+        for letter, value in result.per_letter.items():
+            trial.set_user_attr(f"letter_{letter}", round(value, 6))
+        if not math.isfinite(result.value):
+            reason = f"objective is {result.value} (non-finite score)"
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialFailure(reason)
+        study = trial.study
+        if is_baseline:
+            study.set_user_attr(BASELINE_VALUE_ATTR, result.value)
+        baseline = study.user_attrs.get(BASELINE_VALUE_ATTR)
+        delta = None if baseline is None else result.value - baseline
+        if delta is not None:
+            trial.set_user_attr("delta_vs_baseline", round(delta, 6))
+        log.info(
+            "trial %d: %s -> %.4f%s in %.2fs (vector %.1f ms)",
+            trial.number,
+            " ".join(f"{k}={_fmt(v)}" for k, v in params.items()),
+            result.value,
+            "" if delta is None else f" (delta {delta:+.4f})",
+            scored - started,
+            (built - started) * 1000,
+        )
+        return result.value
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

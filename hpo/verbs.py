@@ -1,0 +1,151 @@
+"""What each CLI verb does once its config is composed. Each returns an exit code."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from hpo.config import ModelConfig, RunConfig, to_generate_config, to_run_config
+from hpo.errors import UserError
+
+log = logging.getLogger("hpo")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _print_results(meta: dict[str, Any], path: Path) -> None:
+    val, test = meta["metrics"]["validation"], meta["metrics"]["test"]
+    lo, hi = test["ci95"]
+    params = " ".join(
+        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in meta["study"]["params"].items()
+    )
+    print()
+    print(f"study       {meta['study']['name']}: {meta['study']['n_trials']} trials")
+    print(
+        f"validation  baseline {_fmt(val['baseline'])} -> best {_fmt(val['steered'])}  "
+        f"(trial {meta['study']['trial']}: {params})"
+    )
+    print(
+        f"test (n={test['n']})  baseline {_fmt(test['baseline'])} -> steered "
+        f"{_fmt(test['steered'])}  difference {test['difference']:+.4f} "
+        f"[95% CI {lo:+.4f}, {hi:+.4f}]"
+    )
+    if test["per_letter"]["steered"]:
+        letters = "  ".join(
+            f"{k}: {test['per_letter']['baseline'][k]:.3f}->{v:.3f}"
+            for k, v in test["per_letter"]["steered"].items()
+        )
+        print(f"per letter  {letters}")
+    for warning in meta["metrics"]["warnings"]:
+        print(f"warning     {warning}")
+    print(f"bundle      {path}")
+
+
+def _export(cfg: RunConfig, study: Any, worker: Any) -> int:
+    import json
+
+    from hpo.bundle import STEERING_JSON
+    from hpo.export import pick_trial, write_bundle
+
+    trial = pick_trial(study, cfg.export.trial)
+    path = write_bundle(worker, study, trial, cfg.export.dir)
+    _print_results(json.loads((path / STEERING_JSON).read_text()), path)
+    return 0
+
+
+def optimize(raw: DictConfig) -> int:
+    """`hpo optimize`: create/load the study, run it to its budget, export the winner."""
+    from hpo.study import check_config, open_study, prepare_worker, run_trials, summary
+
+    cfg = to_run_config(raw)
+    check_config(cfg)
+    study = open_study(cfg)
+    worker = prepare_worker(cfg)
+    run_trials(study, worker, cfg.study.n_trials)
+    info = summary(study)
+    log.info("study done: baseline %s, best %s", _fmt(info["baseline"]), _fmt(info["best_value"]))
+    if not cfg.export.enabled:
+        return 0
+    return _export(cfg, study, worker)
+
+
+def _stored_run_config(cfg: RunConfig, study: Any) -> RunConfig:
+    """The config the study was made with, with this invocation's export/storage/output."""
+    from hpo.study import stored_config
+
+    record = stored_config(study)
+    record["export"] = dataclasses.asdict(cfg.export)
+    record["storage"] = dataclasses.asdict(cfg.storage)
+    record["output_dir"] = cfg.output_dir
+    record["log_level"] = cfg.log_level
+    return to_run_config(OmegaConf.create(record))
+
+
+def export(raw: DictConfig) -> int:
+    """`hpo export`: best trial (or export.trial) -> bundle, scored on the held-out test split."""
+    from hpo.study import open_study, prepare_worker
+
+    cfg = to_run_config(raw)
+    study = open_study(cfg, create=False)
+    stored = _stored_run_config(cfg, study)
+    return _export(stored, study, prepare_worker(stored))
+
+
+def status(raw: DictConfig) -> int:
+    """`hpo status`: one table of the study's state."""
+    from hpo.status import render_status
+    from hpo.study import open_study, storage_url
+    from storage import mask_url
+
+    cfg = to_run_config(raw)
+    study = open_study(cfg, create=False)
+    print(render_status(study, mask_url(storage_url(cfg))))
+    return 0
+
+
+def generate(raw: DictConfig) -> int:
+    """`hpo generate`: a bundle's unsteered vs steered completions, side by side."""
+    from hpo.bundle import load_bundle
+    from hpo.generation import chat_prompt, generate_ids
+    from hpo.models import load_model
+
+    gen = to_generate_config(raw)
+    prompts = [gen.prompt] if gen.prompt else []
+    if gen.prompts_file:
+        path = Path(gen.prompts_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"prompts_file must be an existing file, got {gen.prompts_file!r}")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise UserError('generate needs prompt="..." or prompts_file=PATH, got neither')
+    bundle = load_bundle(gen.bundle)
+    if gen.alpha is not None:
+        bundle.alpha = gen.alpha
+    m = bundle.meta["model"]
+    loaded = load_model(
+        ModelConfig(
+            name_or_path=m["name_or_path"],
+            gguf_file=m.get("gguf_file"),
+            revision=m.get("revision"),
+            dtype=m.get("dtype", "float32"),
+            device=gen.device,
+        )
+    )
+    tok = loaded.tokenizer
+    ids = [tok.encode(chat_prompt(tok, p, gen.chat_template)) for p in prompts]
+    plain = generate_ids(loaded.model, tok, ids, gen.max_new_tokens)
+    with bundle.apply(loaded.model) as handle:
+        steered = generate_ids(loaded.model, tok, ids, gen.max_new_tokens, handle)
+    for prompt, a, b in zip(prompts, plain, steered, strict=True):
+        print(f"=== prompt: {prompt}")
+        print(f"--- unsteered:\n{tok.decode(a, skip_special_tokens=True).strip()}")
+        print(f"--- steered (alpha={bundle.alpha:.3f}, layers {sorted(bundle.vectors)}):")
+        print(tok.decode(b, skip_special_tokens=True).strip())
+    return 0

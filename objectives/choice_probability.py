@@ -1,0 +1,237 @@
+"""A/B (and multiple-choice letter) items scored by the probability of the right letter.
+
+Score of one item = p(correct letter) / sum of p(every option letter), read from the logits right
+after the answer prefix. With `balance: swap` (the default) every item is scored in every cyclic
+order of its options, so each letter is correct equally often and a direction that only moves the
+letter prior cannot raise the score; per-letter scores are returned so that can be checked.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hpo import TaskConfig, UserError, length_sorted_batches, pad_left
+from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
+from objectives.prompts import render_prompt
+
+OPTION_LINE = re.compile(r"^(?P<indent>[ \t]*)\((?P<letter>[A-Z])\)(?P<text>.*)$", re.MULTILINE)
+LETTER = re.compile(r"[A-Z]")
+
+
+@dataclass(frozen=True)
+class ChoiceVariant:
+    """One item in one option order: the prompt, its letters, and which one is correct."""
+
+    item: int
+    prompt: str
+    letters: tuple[str, ...]
+    correct: int
+    wrong: int
+
+
+@dataclass
+class PreparedChoices:
+    """A split tokenized once: variants, their token ids, and length-sorted batches."""
+
+    variants: list[ChoiceVariant]
+    token_ids: list[list[int]]
+    batches: list[list[int]]
+    n_items: int
+    # Unsteered KV cache of every batch's prompts minus their last token (see `build_prefix`).
+    prefix: list[Any] | None = None
+
+
+def _letter(value: Any, column: str) -> str:
+    match = LETTER.search(str(value))
+    if match is None:
+        raise UserError(f"column {column!r} must hold an answer letter like '(A)', got {value!r}")
+    return match.group(0)
+
+
+def rotate_options(text: str, shift: int) -> tuple[str, tuple[str, ...]]:
+    """Move the text of option i to letter (i + shift) mod n; return the new text and letters.
+
+    Raises:
+        UserError: fewer than two `(A)`-style option lines, or letters not A, B, C... in order.
+    """
+    lines = list(OPTION_LINE.finditer(text))
+    letters = tuple(m.group("letter") for m in lines)
+    expected = tuple(chr(ord("A") + i) for i in range(len(letters)))
+    if len(letters) < 2 or letters != expected:
+        raise UserError(
+            "balance: swap needs option lines '(A) ...', '(B) ...' in order in every prompt, "
+            f"found letters {list(letters)} in {text[-120:]!r}"
+        )
+    n = len(lines)
+    bodies = [m.group("text") for m in lines]
+    out, last = [], 0
+    for i, m in enumerate(lines):
+        out.append(text[last : m.start()])
+        out.append(f"{m.group('indent')}({letters[i]}){bodies[(i - shift) % n]}")
+        last = m.end()
+    out.append(text[last:])
+    return "".join(out), letters
+
+
+class ChoiceProbability:
+    """Objective kind `choice_probability` (see the module docstring)."""
+
+    kind = "choice_probability"
+
+    def __init__(self, cfg: TaskConfig, tokenizer: Any) -> None:
+        for role in ("prompt", "positive", "negative"):
+            if role not in cfg.columns:
+                raise UserError(
+                    f"task {cfg.name!r}: objective choice_probability needs task.columns.{role}, "
+                    f"got columns {dict(cfg.columns)}"
+                )
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.direction = cfg.objective.direction
+        self._letter_ids: dict[str, int] = {}
+
+    def letter_id(self, letter: str) -> int:
+        """The single token id of an answer letter as it follows the answer prefix."""
+        if letter not in self._letter_ids:
+            ids = self.tokenizer.encode(letter, add_special_tokens=False)
+            if len(ids) != 1:
+                raise UserError(f"answer letter {letter!r} is not one token ({ids})")
+            self._letter_ids[letter] = ids[0]
+        return self._letter_ids[letter]
+
+    def variants(self, rows: Sequence[Row]) -> list[ChoiceVariant]:
+        """Every item in every option order (`swap`) or as written (`none`)."""
+        cols = self.cfg.columns
+        out: list[ChoiceVariant] = []
+        for index, row in enumerate(rows):
+            text = str(row[cols["prompt"]])
+            correct = _letter(row[cols["positive"]], cols["positive"])
+            wrong = _letter(row[cols["negative"]], cols["negative"])
+            if self.cfg.objective.balance == "none":
+                letters = tuple(m.group("letter") for m in OPTION_LINE.finditer(text)) or (
+                    "A",
+                    "B",
+                )
+                shifts = [(0, text)]
+            else:
+                _, letters = rotate_options(text, 0)
+                shifts = [(s, rotate_options(text, s)[0]) for s in range(len(letters))]
+            for shift, shifted in shifts:
+                n = len(letters)
+                c = (letters.index(correct) + shift) % n
+                w = (letters.index(wrong) + shift) % n
+                prompt = render_prompt(self.cfg, self.tokenizer, shifted, self.cfg.answer_prefix)
+                out.append(ChoiceVariant(index, prompt, letters, c, w))
+        return out
+
+    def train_pairs(self, rows: Sequence[Row]) -> list[ContrastivePair]:
+        """CAA pairs: the prompt followed by the right vs the wrong letter and `)`."""
+        return [
+            ContrastivePair(v.prompt, v.letters[v.correct] + ")", v.letters[v.wrong] + ")")
+            for v in self.variants(rows)
+        ]
+
+    def prepare(self, rows: Sequence[Row]) -> PreparedChoices:
+        """Tokenize every variant once and group them into length-sorted batches."""
+        variants = self.variants(rows)
+        token_ids = [self.tokenizer.encode(v.prompt) for v in variants]
+        batches = length_sorted_batches([len(t) for t in token_ids], self.cfg.objective.batch_size)
+        return PreparedChoices(variants, token_ids, batches, len(rows))
+
+    def build_prefix(self, model: Any, prepared: PreparedChoices) -> None:
+        """Cache the unsteered KV of each batch's prompts without their last token, once.
+
+        Steering from the prompt's last token onward leaves everything before it unchanged, so a
+        trial then runs one token per item instead of the whole prompt. Must run unsteered.
+        """
+        device = next(model.parameters()).device
+        prefix = []
+        for batch in prepared.batches:
+            inputs = pad_left(
+                [prepared.token_ids[i] for i in batch], self.tokenizer.pad_token_id, device
+            )
+            with torch.inference_mode():
+                out = model(
+                    input_ids=inputs["input_ids"][:, :-1],
+                    attention_mask=inputs["attention_mask"][:, :-1],
+                    position_ids=inputs["position_ids"][:, :-1],
+                    use_cache=True,
+                    **({"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}),
+                )
+            prefix.append(out.past_key_values)
+        prepared.prefix = prefix
+
+    def _last_logits(
+        self, model: Any, prepared: PreparedChoices, step: int, reuse_prefix: bool
+    ) -> torch.Tensor:
+        batch = prepared.batches[step]
+        device = next(model.parameters()).device
+        inputs = pad_left(
+            [prepared.token_ids[i] for i in batch], self.tokenizer.pad_token_id, device
+        )
+        keep = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
+        with torch.inference_mode():
+            if not reuse_prefix:
+                return model(**inputs, use_cache=False, **keep).logits[:, -1, :].float()
+            if prepared.prefix is None:
+                raise RuntimeError("build_prefix must run before scoring with reuse_prefix")
+            cache = prepared.prefix[step]
+            width = cache.get_seq_length()
+            try:
+                out = model(
+                    input_ids=inputs["input_ids"][:, -1:],
+                    attention_mask=inputs["attention_mask"],
+                    position_ids=inputs["position_ids"][:, -1:],
+                    past_key_values=cache,
+                    use_cache=True,
+                    **keep,
+                )
+            finally:
+                added = cache.get_seq_length() - width
+                if added:
+                    cache.crop(-added)  # back to the unsteered prefix for the next trial
+            return out.logits[:, -1, :].float()
+
+    def score(
+        self,
+        model: Any,
+        prepared: PreparedChoices,
+        report: Reporter | None = None,
+        reuse_prefix: bool = False,
+    ) -> ScoreResult:
+        """Mean over items of the normalised probability of the correct letter.
+
+        `reuse_prefix` runs only the last prompt token on top of `build_prefix`'s cache: exact
+        when steering starts at the prompt's end (`positions: prompt_end_onward`).
+        """
+        variant_scores = [math.nan] * len(prepared.variants)
+        done: list[float] = []
+        for step, batch in enumerate(prepared.batches):
+            logits = self._last_logits(model, prepared, step, reuse_prefix)
+            for row, i in enumerate(batch):
+                v = prepared.variants[i]
+                ids = [self.letter_id(letter) for letter in v.letters]
+                probs = torch.softmax(logits[row, ids], dim=-1)
+                variant_scores[i] = float(probs[v.correct])
+                done.append(variant_scores[i])
+            if report is not None:
+                report(step, sum(done) / len(done))
+        per_item_lists: list[list[float]] = [[] for _ in range(prepared.n_items)]
+        per_letter_lists: dict[str, list[float]] = {}
+        for v, s in zip(prepared.variants, variant_scores, strict=True):
+            per_item_lists[v.item].append(s)
+            per_letter_lists.setdefault(v.letters[v.correct], []).append(s)
+        per_item = [sum(xs) / len(xs) for xs in per_item_lists]
+        per_letter = {k: sum(xs) / len(xs) for k, xs in sorted(per_letter_lists.items())}
+        return ScoreResult(sum(per_item) / len(per_item), per_item, per_letter)
+
+
+def _supports_logits_to_keep(model: Any) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
