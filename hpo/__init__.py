@@ -7,6 +7,7 @@ Public API: the config schemas, the errors, the vocabulary, the batching helpers
 from __future__ import annotations
 
 from hpo.batching import length_sorted_batches, pad_left
+from hpo.bundle import Bundle, BundleError, load_bundle
 from hpo.config import (
     ExportConfig,
     GenerateConfig,
@@ -25,21 +26,13 @@ from hpo.vocabulary import AGGREGATIONS, ALPHA_SCALES, METHODS, POSITIONS
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> object:
-    # Lazy: loading a bundle needs torch + safetensors only; keep `import hpo` cheap.
-    if name in ("load_bundle", "Bundle"):
-        from hpo import bundle
-
-        return getattr(bundle, name)
-    raise AttributeError(f"module 'hpo' has no attribute {name!r}")
-
-
 __all__ = [
     "AGGREGATIONS",
     "ALPHA_SCALES",
     "METHODS",
     "POSITIONS",
     "Bundle",
+    "BundleError",
     "ExportConfig",
     "GenerateConfig",
     "ModelConfig",

@@ -127,7 +127,8 @@ def _experiment_yaml(cfg: RunConfig, trial: FrozenTrial) -> str:
     header = (
         "# @package _global_\n"
         f"# Winner of study {cfg.study.name!r} (trial {trial.number}), pinned as an experiment:\n"
-        "#   hpo optimize --config-dir <bundle dir> experiment=config\n"
+        "# Replay: copy to <dir>/experiment/winner.yaml, then\n"
+        "#   hpo optimize --config-dir <dir> experiment=winner\n"
     )
     return header + yaml.safe_dump(pinned, sort_keys=False)
 

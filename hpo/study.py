@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from typing import Any
 
 import optuna
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from optuna.exceptions import ExperimentalWarning
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
@@ -16,7 +18,7 @@ from hpo.activations import load_or_build
 from hpo.config import RunConfig
 from hpo.errors import TrialFailure, UserError
 from hpo.models import load_model, read_shape
-from hpo.tasks import load_task
+from hpo.tasks import TaskSplits, load_task
 from hpo.trial import BASELINE_ATTR, SteeringObjective, Worker
 from objectives import KINDS, make_objective
 from search_spaces import baseline_params, validate
@@ -63,7 +65,9 @@ def open_study(cfg: RunConfig, create: bool = True) -> optuna.Study:
     """
     url = storage_url(cfg)
     storage = create_storage(cfg.storage, url)
-    sampler = instantiate(OmegaConf.create(cfg.sampler)) if cfg.sampler else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # TPE's `group` is experimental
+        sampler = instantiate(OmegaConf.create(cfg.sampler)) if cfg.sampler else None
     pruner = instantiate(OmegaConf.create(cfg.pruner)) if cfg.pruner else None
     if not create:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
@@ -108,10 +112,10 @@ def stored_config(study: optuna.Study) -> dict[str, Any]:
     return record
 
 
-def prepare_worker(cfg: RunConfig) -> Worker:
+def prepare_worker(cfg: RunConfig, task: TaskSplits | None = None) -> Worker:
     """Load the model, task, activation cache and tokenized validation split, once."""
+    task = load_task(cfg.task) if task is None else task
     loaded = load_model(cfg.model)
-    task = load_task(cfg.task)
     objective = make_objective(cfg.task, loaded.tokenizer)
     cache = load_or_build(loaded, objective.train_pairs(task.train))
     worker = Worker(cfg, loaded, objective, cache, None)
@@ -119,12 +123,23 @@ def prepare_worker(cfg: RunConfig) -> Worker:
     return worker
 
 
-def check_config(cfg: RunConfig) -> None:
-    """Everything that can be checked before a model loads (search space vs the model's shape)."""
+def check_config(cfg: RunConfig) -> TaskSplits:
+    """Check all that can be checked before a model loads or a study is created.
+
+    The search space against the model's shape (read from metadata), the objective kind and the
+    columns it needs, and the task's data and splits. Returns the loaded splits.
+    """
     kind = cfg.task.objective.kind
     if kind not in KINDS:
         raise UserError(f"task.objective.kind must be one of {sorted(KINDS)}, got {kind!r}")
+    missing = [c for c in KINDS[kind].required_columns if c not in cfg.task.columns]
+    if missing:
+        raise UserError(
+            f"task {cfg.task.name!r}: objective {kind} needs task.columns.{missing[0]}, "
+            f"got columns {dict(cfg.task.columns)}"
+        )
     validate(cfg.search_space, read_shape(cfg.model).num_layers)
+    return load_task(cfg.task)
 
 
 def finished_trials(study: optuna.Study) -> int:

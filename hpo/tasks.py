@@ -32,6 +32,8 @@ def _read_rows(source: str) -> list[Row]:
     try:
         if local:
             path = resolve_source(source)
+            if path.is_file() and path.stat().st_size == 0:
+                return []
             builder = FORMATS.get(path.suffix.lower())
             if builder is None:
                 raise UserError(

@@ -65,9 +65,9 @@ def optimize(raw: DictConfig) -> int:
     from hpo.study import check_config, open_study, prepare_worker, run_trials, summary
 
     cfg = to_run_config(raw)
-    check_config(cfg)
+    task = check_config(cfg)
     study = open_study(cfg)
-    worker = prepare_worker(cfg)
+    worker = prepare_worker(cfg, task)
     run_trials(study, worker, cfg.study.n_trials)
     info = summary(study)
     log.info("study done: baseline %s, best %s", _fmt(info["baseline"]), _fmt(info["best_value"]))

@@ -8,7 +8,7 @@ from hpo import TaskConfig, UserError
 from objectives._base import ContrastivePair, Objective, Reporter, ScoreResult
 from objectives.choice_probability import ChoiceProbability, rotate_options
 
-KINDS: dict[str, type] = {"choice_probability": ChoiceProbability}
+KINDS: dict[str, Any] = {"choice_probability": ChoiceProbability}
 
 
 def make_objective(cfg: TaskConfig, tokenizer: Any) -> Objective:

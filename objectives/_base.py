@@ -39,6 +39,7 @@ class Objective(Protocol):
 
     kind: str
     direction: str
+    required_columns: tuple[str, ...]
 
     def train_pairs(self, rows: Sequence[Row]) -> list[ContrastivePair]:
         """Contrastive pairs used to build steering vectors."""

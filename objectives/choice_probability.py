@@ -84,9 +84,10 @@ class ChoiceProbability:
     """Objective kind `choice_probability` (see the module docstring)."""
 
     kind = "choice_probability"
+    required_columns = ("prompt", "positive", "negative")
 
     def __init__(self, cfg: TaskConfig, tokenizer: Any) -> None:
-        for role in ("prompt", "positive", "negative"):
+        for role in self.required_columns:
             if role not in cfg.columns:
                 raise UserError(
                     f"task {cfg.name!r}: objective choice_probability needs task.columns.{role}, "

@@ -7,11 +7,13 @@ pools with `pool_pre_ping`. Heartbeats let a dead worker's trial be failed and r
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
@@ -87,13 +89,17 @@ def create_storage(cfg: StorageConfig, url: str) -> RDBStorage:
     else:
         engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True}
     try:
-        storage = RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=cfg.heartbeat_interval,
-            grace_period=cfg.grace_period,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=cfg.max_retry),
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            storage = RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=cfg.heartbeat_interval,
+                grace_period=cfg.grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=cfg.max_retry
+                ),
+            )
     except (NoSuchModuleError, ModuleNotFoundError) as e:
         raise UserError(
             f"storage.url {mask_url(url)!r} needs a database driver that is not installed: "

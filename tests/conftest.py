@@ -1,0 +1,88 @@
+"""Shared fixtures: one cache dir per session, the shipped SmolLM2 model, a tiny random Llama."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from hpo import ModelConfig, RunConfig
+from hpo.config import to_run_config
+from hpo.models import LoadedModel, load_model, local_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hpo_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every cache (converted model, activations) in one directory for the whole session.
+
+    `HPO_TEST_CACHE_DIR` lets CI keep the converted model between the suite's subprocesses.
+    """
+    path = Path(os.environ.get("HPO_TEST_CACHE_DIR") or tmp_path_factory.mktemp("hpo-cache"))
+    old = os.environ.get("HPO_CACHE_DIR")
+    os.environ["HPO_CACHE_DIR"] = str(path)
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield path
+    if old is None:
+        os.environ.pop("HPO_CACHE_DIR", None)
+    else:
+        os.environ["HPO_CACHE_DIR"] = old
+
+
+def compose_run(*overrides: str) -> RunConfig:
+    """Compose the real `hpo` config with overrides and validate it."""
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return to_run_config(compose(config_name="hpo", overrides=list(overrides)))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> LoadedModel:
+    """The shipped SmolLM2-135M-Instruct, loaded once per session."""
+    return load_model(ModelConfig(threads=None))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2: LoadedModel) -> Path:
+    """A randomly initialised 4-layer Llama with SmolLM2's tokenizer, saved as a model dir."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(local_model_dir(ModelConfig())[0])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir: Path) -> LoadedModel:
+    """The tiny random Llama, loaded."""
+    return load_model(ModelConfig(name_or_path=str(tiny_model_dir), gguf_file=None))
+
+
+def tokens(loaded: LoadedModel, *texts: str) -> list[list[int]]:
+    """Token ids of each text."""
+    return [loaded.tokenizer.encode(t) for t in texts]
+
+
+def unit(hidden: int, seed: int = 0) -> Any:
+    """A random vector of a given size, reproducible."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(hidden, generator=g)
