@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hpo.batching import length_sorted_batches, pad_left
+from hpo.errors import UserError
 from hpo.models import LoadedModel
 from hpo.paths import cache_dir
 from hpo.vocabulary import AGGREGATIONS
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 SIDES = ("positive", "negative")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 class ActivationCache:
@@ -77,17 +78,27 @@ def cache_key(loaded: LoadedModel, pairs: Sequence[ContrastivePair]) -> str:
 def extract_activations(
     loaded: LoadedModel, pairs: Sequence[ContrastivePair], batch_size: int = 8
 ) -> dict[str, torch.Tensor]:
-    """Run the model once over every pair and record each block's output at each aggregation."""
+    """Run the model over every pair and record each block's output at each aggregation.
+
+    Each prompt runs once; both completions then run on top of its KV cache (right-padded, so
+    real tokens never see padding), which halves the work of a naive pass over both sequences.
+    """
     tok = loaded.tokenizer
-    seqs: list[list[int]] = []
-    starts: list[int] = []
-    for pair in pairs:
-        prompt_ids = tok.encode(pair.prompt)
-        for completion in (pair.positive, pair.negative):
-            seqs.append(prompt_ids + tok.encode(completion, add_special_tokens=False))
-            starts.append(len(prompt_ids))
+    prompts = [tok.encode(p.prompt) for p in pairs]
+    completions = {
+        "positive": [tok.encode(p.positive, add_special_tokens=False) for p in pairs],
+        "negative": [tok.encode(p.negative, add_special_tokens=False) for p in pairs],
+    }
+    for side, side_ids in completions.items():
+        empty = [i for i, c in enumerate(side_ids) if not c]
+        if empty:
+            raise UserError(f"pair {empty[0]} has an empty {side} completion")
     n_layers, hidden = loaded.shape.num_layers, loaded.shape.hidden_size
-    out = {agg: torch.zeros(len(seqs), n_layers, hidden) for agg in AGGREGATIONS}
+    out = {
+        f"{side}.{agg}": torch.zeros(len(pairs), n_layers, hidden)
+        for side in SIDES
+        for agg in AGGREGATIONS
+    }
     captured: dict[int, torch.Tensor] = {}
 
     def make_hook(layer: int):  # type: ignore[no-untyped-def]
@@ -98,28 +109,47 @@ def extract_activations(
 
         return hook
 
-    handles = [b.register_forward_hook(make_hook(i)) for i, b in enumerate(loaded.blocks)]
-    try:
-        for batch in length_sorted_batches([len(s) for s in seqs], batch_size):
-            inputs = pad_left([seqs[i] for i in batch], tok.pad_token_id, loaded.device)
-            width = inputs["input_ids"].shape[1]
-            with torch.inference_mode():
-                loaded.model(**inputs, use_cache=False)
+    model, device = loaded.model, loaded.device
+    for batch in length_sorted_batches([len(p) for p in prompts], batch_size):
+        prompt_in = pad_left([prompts[i] for i in batch], tok.pad_token_id, device)
+        with torch.inference_mode():
+            cache = model(**prompt_in, use_cache=True).past_key_values
+        width = cache.get_seq_length()
+        next_pos = prompt_in["position_ids"][:, -1:] + 1
+        for side in SIDES:
+            comps = [completions[side][i] for i in batch]
+            lengths = [len(c) for c in comps]
+            span = max(lengths)
+            ids = torch.full((len(batch), span), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), span), dtype=torch.long)
+            for row, c in enumerate(comps):
+                ids[row, : len(c)] = torch.tensor(c)
+                mask[row, : len(c)] = 1
+            handles = [b.register_forward_hook(make_hook(i)) for i, b in enumerate(loaded.blocks)]
+            try:
+                with torch.inference_mode():
+                    model(
+                        input_ids=ids.to(device),
+                        attention_mask=torch.cat(
+                            [prompt_in["attention_mask"], mask.to(device)], 1
+                        ),
+                        position_ids=next_pos + torch.arange(span, device=device),
+                        past_key_values=cache,
+                        use_cache=True,
+                    )
+            finally:
+                for h in handles:
+                    h.remove()
+                cache.crop(-span)
+            assert cache.get_seq_length() == width
             stacked = torch.stack([captured[i] for i in range(n_layers)], dim=1).cpu()
             for row, i in enumerate(batch):
-                begin = width - len(seqs[i]) + starts[i]
-                out["choice"][i] = stacked[row, :, begin]
-                out["last"][i] = stacked[row, :, width - 1]
-                out["mean"][i] = stacked[row, :, begin:].mean(dim=1)
+                n = lengths[row]
+                out[f"{side}.choice"][i] = stacked[row, :, 0]
+                out[f"{side}.last"][i] = stacked[row, :, n - 1]
+                out[f"{side}.mean"][i] = stacked[row, :, :n].mean(dim=1)
             captured.clear()
-    finally:
-        for h in handles:
-            h.remove()
-    tensors = {}
-    for agg in AGGREGATIONS:
-        tensors[f"positive.{agg}"] = out[agg][0::2].contiguous()
-        tensors[f"negative.{agg}"] = out[agg][1::2].contiguous()
-    return tensors
+    return out
 
 
 def _cache_path(key: str) -> Path:

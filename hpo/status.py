@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from hpo.study import summary
-from hpo.trial import BASELINE_ATTR
-
-
-def _params(params: dict[str, Any]) -> str:
-    return " ".join(
-        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
-    )
+from hpo.trial import BASELINE_ATTR, format_params
 
 
 def render_status(study: optuna.Study, url: str) -> str:
@@ -36,7 +29,7 @@ def render_status(study: optuna.Study, url: str) -> str:
         delta = "" if baseline is None else f" (delta {info['best_value'] - baseline:+.4f})"
         lines.append(
             f"best      trial {info['best_trial']}: {info['best_value']:.4f}{delta}  "
-            f"{_params(info['best_params'])}"
+            f"{format_params(info['best_params'])}"
         )
     now = time.time()
     for t in trials:
@@ -44,7 +37,7 @@ def render_status(study: optuna.Study, url: str) -> str:
             age = now - t.datetime_start.timestamp() if t.datetime_start else 0.0
             lines.append(
                 f"running   trial {t.number} on {t.user_attrs.get('worker', '?')} "
-                f"for {age:.0f}s  {_params(t.params)}"
+                f"for {age:.0f}s  {format_params(t.params)}"
             )
         elif t.state == TrialState.FAIL:
             reason = t.user_attrs.get("fail_reason") or t.system_attrs.get(

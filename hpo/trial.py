@@ -98,7 +98,11 @@ class SteeringObjective:
             if not is_baseline and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at batch {step} with running value {value:.4f}")
 
-        result = worker.score(params, worker.validation, report, vectors)
+        try:
+            result = worker.score(params, worker.validation, report, vectors)
+        except optuna.TrialPruned as pruned:
+            log.info("trial %d: %s -> %s", trial.number, format_params(params), pruned)
+            raise
         scored = time.perf_counter()
         trial.set_user_attr("time_vector_s", round(built - started, 6))
         trial.set_user_attr("time_score_s", round(scored - built, 4))
@@ -121,7 +125,7 @@ class SteeringObjective:
         log.info(
             "trial %d: %s -> %.4f%s in %.2fs (vector %.1f ms)",
             trial.number,
-            " ".join(f"{k}={_fmt(v)}" for k, v in params.items()),
+            format_params(params),
             result.value,
             "" if delta is None else f" (delta {delta:+.4f})",
             scored - started,
@@ -130,5 +134,8 @@ class SteeringObjective:
         return result.value
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+def format_params(params: dict[str, Any]) -> str:
+    """`layer=12 alpha=0.430 ...`: params as one short line for logs and tables."""
+    return " ".join(
+        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )

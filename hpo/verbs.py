@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpo.config import ModelConfig, RunConfig, to_generate_config, to_run_config
 from hpo.errors import UserError
+from hpo.trial import format_params
 
 log = logging.getLogger("hpo")
 
@@ -22,10 +23,7 @@ def _fmt(value: float | None) -> str:
 def _print_results(meta: dict[str, Any], path: Path) -> None:
     val, test = meta["metrics"]["validation"], meta["metrics"]["test"]
     lo, hi = test["ci95"]
-    params = " ".join(
-        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-        for k, v in meta["study"]["params"].items()
-    )
+    params = format_params(meta["study"]["params"])
     print()
     print(f"study       {meta['study']['name']}: {meta['study']['n_trials']} trials")
     print(
