@@ -10,6 +10,7 @@ from hpo.batching import length_sorted_batches, pad_left
 from hpo.bundle import Bundle, BundleError, load_bundle
 from hpo.config import (
     ExportConfig,
+    FluencyConfig,
     GenerateConfig,
     ModelConfig,
     ObjectiveConfig,
@@ -34,6 +35,7 @@ __all__ = [
     "Bundle",
     "BundleError",
     "ExportConfig",
+    "FluencyConfig",
     "GenerateConfig",
     "ModelConfig",
     "ObjectiveConfig",

@@ -62,6 +62,32 @@ class SplitConfig:
 
 
 @dataclass
+class FluencyConfig:
+    """Feasibility of generated text, as Optuna constraints relative to the unsteered baseline.
+
+    A trial is infeasible when its continuations' perplexity under the unsteered model exceeds
+    `max_perplexity_ratio` x the baseline's, or their distinct-2 ratio falls below
+    `min_distinct2_ratio` x the baseline's (repetitive text such as "wonderful wonderful ...").
+    """
+
+    enabled: bool = True
+    max_perplexity_ratio: float = 5.0
+    min_distinct2_ratio: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.max_perplexity_ratio <= 1.0:
+            raise UserError(
+                "task.objective.fluency.max_perplexity_ratio must be > 1, "
+                f"got {self.max_perplexity_ratio}"
+            )
+        if not 0.0 < self.min_distinct2_ratio <= 1.0:
+            raise UserError(
+                "task.objective.fluency.min_distinct2_ratio must lie in (0, 1], "
+                f"got {self.min_distinct2_ratio}"
+            )
+
+
+@dataclass
 class ObjectiveConfig:
     """How a steered model is scored on the validation split."""
 
@@ -69,12 +95,19 @@ class ObjectiveConfig:
     direction: str = "maximize"
     balance: str = "swap"
     batch_size: int = 16
+    scorer: str | None = None
+    max_new_tokens: int = 32
+    fluency: FluencyConfig = field(default_factory=FluencyConfig)
 
     def __post_init__(self) -> None:
         _check_choice("task.objective.direction", self.direction, DIRECTIONS)
         _check_choice("task.objective.balance", self.balance, BALANCES)
         if self.batch_size < 1:
             raise UserError(f"task.objective.batch_size must be >= 1, got {self.batch_size}")
+        if self.max_new_tokens < 1:
+            raise UserError(
+                f"task.objective.max_new_tokens must be >= 1, got {self.max_new_tokens}"
+            )
 
 
 @dataclass
@@ -85,6 +118,12 @@ class TaskConfig:
     description: str = ""
     source: str = "???"
     columns: dict[str, str] = field(default_factory=dict)
+    # Contrastive pairs from their own file (e.g. sentiment sentences) while `source` holds the
+    # items to score; `null` = train pairs are a split of `source`.
+    train_source: str | None = None
+    train_columns: dict[str, str] = field(
+        default_factory=lambda: {k: k for k in ("prompt", "positive", "negative")}
+    )
     prompt_template: str = "{prompt}"
     chat_template: bool = False
     answer_prefix: str = " ("

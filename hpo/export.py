@@ -26,7 +26,12 @@ from hpo.errors import UserError
 from hpo.model_card import model_card
 from hpo.stats import bootstrap_diff_ci
 from hpo.tasks import load_task
-from hpo.trial import BASELINE_ATTR, BASELINE_VALUE_ATTR, Worker
+from hpo.trial import (
+    BASELINE_ATTR,
+    BASELINE_VALUE_ATTR,
+    FEASIBLE_ATTR,
+    Worker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +46,24 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     if number is not None:
         for t in complete:
             if t.number == number:
+                if not t.user_attrs.get(FEASIBLE_ATTR, True):
+                    raise UserError(
+                        f"export.trial={number} is infeasible (its text fails the fluency "
+                        f"constraints {t.constraints}); pick a feasible one"
+                    )
                 return t
         raise UserError(
             f"export.trial must be a COMPLETE trial of study {study.study_name!r}, got {number}; "
             f"complete trials: {[t.number for t in complete]}"
         )
     steered = [t for t in complete if not t.user_attrs.get(BASELINE_ATTR)]
-    if not steered:
-        raise UserError(f"study {study.study_name!r} has no completed steered trial to export")
+    feasible = [t for t in steered if t.user_attrs.get(FEASIBLE_ATTR, True)]
+    if not feasible:
+        raise UserError(
+            f"study {study.study_name!r} has no completed, feasible steered trial to export "
+            f"({len(steered)} steered, {len(steered) - len(feasible)} infeasible)"
+        )
+    steered = feasible
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     return (max if maximize else min)(steered, key=lambda t: float(t.value))  # type: ignore[arg-type]
 
@@ -66,8 +81,30 @@ def measure(worker: Worker, trial: FrozenTrial, study: optuna.Study) -> dict[str
         k[len("letter_") :]: v for k, v in trial.user_attrs.items() if k.startswith("letter_")
     }
     test_letters = {"steered": steered.per_letter, "baseline": baseline.per_letter}
+    warnings = honesty_warnings(lo, hi, test_letters)
+    extra: dict[str, Any] = {}
+    if "texts" in steered.extras:
+        column = worker.cfg.task.columns["prompt"]
+        extra["samples"] = [
+            {"prompt": str(row[column]), "unsteered": plain, "steered": text}
+            for row, plain, text in zip(
+                test_rows[:3], baseline.extras["texts"], steered.extras["texts"], strict=False
+            )
+        ]
+    if "fluency" in steered.extras:
+        feasible = all(v <= 0 for v in steered.extras["constraints"].values())
+        extra["fluency"] = {
+            "steered": steered.extras["fluency"],
+            "baseline": getattr(prepared, "reference", {}),
+            "feasible": feasible,
+        }
+        if not feasible:
+            warnings.append(
+                f"on the test split the winner breaks the fluency constraints "
+                f"{steered.extras['constraints']}"
+            )
     return {
-        "warnings": honesty_warnings(lo, hi, test_letters),
+        "warnings": warnings,
         "validation": {
             "steered": trial.value,
             "baseline": study.user_attrs.get(BASELINE_VALUE_ATTR),
@@ -81,6 +118,7 @@ def measure(worker: Worker, trial: FrozenTrial, study: optuna.Study) -> dict[str
             "difference": steered.value - baseline.value,
             "ci95": [lo, hi],
             "per_letter": test_letters,
+            **extra,
         },
     }
 

@@ -25,10 +25,15 @@ def render_status(study: optuna.Study, url: str) -> str:
     ]
     baseline = info["baseline"]
     lines.append(f"baseline  {'n/a' if baseline is None else f'{baseline:.4f}'} (alpha = 0)")
+    if info["n_infeasible"]:
+        lines.append(
+            f"feasible  {info['n_feasible']} steered trials pass the "
+            f"fluency constraints, {info['n_infeasible']} do not (never exported)"
+        )
     if info["best_trial"] is not None:
         delta = "" if baseline is None else f" (delta {info['best_value'] - baseline:+.4f})"
         lines.append(
-            f"best      trial {info['best_trial']}: {info['best_value']:.4f}{delta}  "
+            f"best      feasible trial {info['best_trial']}: {info['best_value']:.4f}{delta}  "
             f"{format_params(info['best_params'])}"
         )
     now = time.time()

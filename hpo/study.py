@@ -19,7 +19,7 @@ from hpo.config import RunConfig
 from hpo.errors import TrialFailure, UserError
 from hpo.models import load_model, read_shape
 from hpo.tasks import TaskSplits, load_task
-from hpo.trial import BASELINE_ATTR, SteeringObjective, Worker
+from hpo.trial import BASELINE_ATTR, FEASIBLE_ATTR, SteeringObjective, Worker
 from objectives import KINDS, make_objective
 from search_spaces import baseline_params, validate
 from storage import create_storage, default_sqlite_url, mask_url
@@ -175,9 +175,12 @@ def summary(study: optuna.Study) -> dict[str, Any]:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not t.user_attrs.get(BASELINE_ATTR)
     ]
+    feasible = [t for t in steered if t.user_attrs.get(FEASIBLE_ATTR, True)]
     sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
-    best = max(steered, key=lambda t: sign * float(t.value or 0.0)) if steered else None
+    best = max(feasible, key=lambda t: sign * float(t.value or 0.0)) if feasible else None
     return {
+        "n_feasible": len(feasible),
+        "n_infeasible": len(steered) - len(feasible),
         "baseline": baseline,
         "best_value": None if best is None else best.value,
         "best_trial": None if best is None else best.number,

@@ -64,36 +64,54 @@ class TaskSplits:
         return self._test
 
 
+def _checked_rows(task: str, source: str, columns: dict[str, str], key: str) -> list[Row]:
+    rows = _read_rows(source)
+    if not rows:
+        raise UserError(f"task {task!r}: source {source!r} has no rows")
+    for role, column in columns.items():
+        if column not in rows[0]:
+            raise UserError(
+                f"task {task!r}: column {column!r} (task.{key}.{role}) is missing from "
+                f"{source!r}; columns present: {sorted(rows[0])}"
+            )
+    return rows
+
+
 def load_task(cfg: TaskConfig) -> TaskSplits:
     """Read, check and split a task's rows.
 
     Raises:
         UserError: empty source, a missing column, or fewer rows than the splits ask for.
     """
-    rows = _read_rows(cfg.source)
-    if not rows:
-        raise UserError(f"task {cfg.name!r}: source {cfg.source!r} has no rows")
-    for role, column in cfg.columns.items():
-        if column not in rows[0]:
-            raise UserError(
-                f"task {cfg.name!r}: column {column!r} (task.columns.{role}) is missing from "
-                f"{cfg.source!r}; columns present: {sorted(rows[0])}"
-            )
+    rows = _checked_rows(cfg.name, cfg.source, cfg.columns, "columns")
     if cfg.limit is not None:
         rows = rows[: cfg.limit]
     sizes = cfg.splits
-    need = sizes.train + sizes.validation + sizes.test
+    separate = cfg.train_source is not None
+    need = sizes.validation + sizes.test + (0 if separate else sizes.train)
+    parts = "validation+test" if separate else "train+validation+test"
     if len(rows) < need:
         raise UserError(
-            f"task {cfg.name!r}: splits need train+validation+test={need} rows, "
+            f"task {cfg.name!r}: splits need {parts}={need} rows, "
             f"source has {len(rows)}{' after task.limit' if cfg.limit else ''}"
         )
     order = list(range(len(rows)))
     random.Random(sizes.seed).shuffle(order)
-    a, b = sizes.train, sizes.train + sizes.validation
-    train = [rows[i] for i in order[:a]]
-    validation = [rows[i] for i in order[a:b]]
-    test = [rows[i] for i in order[b:need]]
+    if cfg.train_source is not None:
+        pairs = _checked_rows(cfg.name, cfg.train_source, cfg.train_columns, "train_columns")
+        if len(pairs) < sizes.train:
+            raise UserError(
+                f"task {cfg.name!r}: splits.train={sizes.train} but train_source has "
+                f"{len(pairs)} rows"
+            )
+        pair_order = list(range(len(pairs)))
+        random.Random(sizes.seed).shuffle(pair_order)
+        train = [pairs[i] for i in pair_order[: sizes.train]]
+    else:
+        train = [rows[i] for i in order[: sizes.train]]
+        order = order[sizes.train :]
+    validation = [rows[i] for i in order[: sizes.validation]]
+    test = [rows[i] for i in order[sizes.validation : sizes.validation + sizes.test]]
     digest = hashlib.sha256(
         json.dumps([train, validation], sort_keys=True, default=str).encode()
     ).hexdigest()

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 BASELINE_ATTR = "baseline"
 BASELINE_VALUE_ATTR = "baseline_value"
+FEASIBLE_ATTR = "feasible"
 # Positions whose steering starts at the prompt's last token: the prefix before it is shared.
 PREFIX_POSITIONS = {"prompt_end_onward"}
 
@@ -59,8 +60,8 @@ class Worker:
     def prepare(self, rows: list[Any]) -> Any:
         """Tokenize a split once; cache its unsteered prompt prefix when the space can reuse it."""
         prepared = self.objective.prepare(rows)
-        if PREFIX_POSITIONS & set(self.cfg.search_space.positions):
-            self.objective.build_prefix(self.loaded.model, prepared)
+        prefix = bool(PREFIX_POSITIONS & set(self.cfg.search_space.positions))
+        self.objective.precompute(self.loaded.model, prepared, prefix)
         return prepared
 
     def score(
@@ -75,7 +76,13 @@ class Worker:
         loaded = self.loaded
         reuse = params["positions"] in PREFIX_POSITIONS and getattr(prepared, "prefix", None)
         with steer(loaded.model, loaded.blocks, vectors, params["alpha"], params["positions"]):
-            return self.objective.score(loaded.model, prepared, report, bool(reuse))
+            result = self.objective.score(loaded.model, prepared, report, bool(reuse))
+        if getattr(self.objective, "constrained", False):
+            # Unsteered now: fluency is judged by the model we started from.
+            measured = self.objective.fluency(loaded.model, prepared, result)  # type: ignore[attr-defined]
+            result.extras["fluency"] = measured
+            result.extras["constraints"] = self.objective.constraints(prepared, measured)  # type: ignore[attr-defined]
+        return result
 
 
 class SteeringObjective:
@@ -111,6 +118,14 @@ class SteeringObjective:
         trial.set_user_attr("device", str(worker.loaded.device))
         for letter, value in result.per_letter.items():
             trial.set_user_attr(f"letter_{letter}", round(value, 6))
+        for name, value in result.extras.get("fluency", {}).items():
+            trial.set_user_attr(name, round(value, 4))
+        if "constraints" in result.extras:
+            # Optuna's constrained optimization: samplers favour feasible trials (all <= 0).
+            for name, value in result.extras["constraints"].items():
+                trial.set_constraint(name, float(value))
+            ok = all(v <= 0 for v in result.extras["constraints"].values())
+            trial.set_user_attr(FEASIBLE_ATTR, ok)
         if not math.isfinite(result.value):
             reason = f"objective is {result.value} (non-finite score)"
             trial.set_user_attr("fail_reason", reason)
@@ -122,12 +137,14 @@ class SteeringObjective:
         delta = None if baseline is None else result.value - baseline
         if delta is not None:
             trial.set_user_attr("delta_vs_baseline", round(delta, 6))
+        feasible = trial.user_attrs.get(FEASIBLE_ATTR)
         log.info(
-            "trial %d: %s -> %.4f%s in %.2fs (vector %.1f ms)",
+            "trial %d: %s -> %.4f%s%s in %.2fs (vector %.1f ms)",
             trial.number,
             format_params(params),
             result.value,
             "" if delta is None else f" (delta {delta:+.4f})",
+            "" if feasible is None else ("" if feasible else " INFEASIBLE"),
             scored - started,
             (built - started) * 1000,
         )

@@ -41,6 +41,20 @@ def _print_results(meta: dict[str, Any], path: Path) -> None:
             for k, v in test["per_letter"]["steered"].items()
         )
         print(f"per letter  {letters}")
+    fluency = test.get("fluency")
+    if fluency:
+        s, b = fluency["steered"], fluency["baseline"]
+        print(
+            f"fluency     perplexity {b['perplexity']:.1f} -> {s['perplexity']:.1f}, "
+            f"distinct-2 {b['distinct2']:.2f} -> {s['distinct2']:.2f} "
+            f"({'feasible' if fluency['feasible'] else 'INFEASIBLE'})"
+        )
+    for sample in test.get("samples", []):
+        print(f"\nprompt      {sample['prompt']}")
+        print(f"  unsteered {sample['unsteered']}")
+        print(f"  steered   {sample['steered']}")
+    if test.get("samples"):
+        print()
     for warning in meta["metrics"]["warnings"]:
         print(f"warning     {warning}")
     print(f"bundle      {path}")

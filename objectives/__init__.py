@@ -7,8 +7,9 @@ from typing import Any
 from hpo import TaskConfig, UserError
 from objectives._base import ContrastivePair, Objective, Reporter, ScoreResult
 from objectives.choice_probability import ChoiceProbability, rotate_options
+from objectives.generation import Generation
 
-KINDS: dict[str, Any] = {"choice_probability": ChoiceProbability}
+KINDS: dict[str, Any] = {"choice_probability": ChoiceProbability, "generation": Generation}
 
 
 def make_objective(cfg: TaskConfig, tokenizer: Any) -> Objective:
@@ -28,6 +29,7 @@ __all__ = [
     "KINDS",
     "ChoiceProbability",
     "ContrastivePair",
+    "Generation",
     "Objective",
     "Reporter",
     "ScoreResult",

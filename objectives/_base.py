@@ -27,6 +27,8 @@ class ScoreResult:
     value: float
     per_item: list[float]
     per_letter: dict[str, float] = field(default_factory=dict)
+    # Kind-specific detail: generated texts, fluency measures, constraint values.
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -49,8 +51,8 @@ class Objective(Protocol):
         """Tokenize a split once, in length-sorted batches, for repeated scoring."""
         ...
 
-    def build_prefix(self, model: Any, prepared: Any) -> None:
-        """Cache the unsteered computation shared by every trial (before the prompt's end)."""
+    def precompute(self, model: Any, prepared: Any, prefix: bool) -> None:
+        """Compute once, unsteered, what every trial reuses (`prefix`: the prompt-prefix cache)."""
         ...
 
     def score(

@@ -146,6 +146,11 @@ class ChoiceProbability:
         batches = length_sorted_batches([len(t) for t in token_ids], self.cfg.objective.batch_size)
         return PreparedChoices(variants, token_ids, batches, len(rows))
 
+    def precompute(self, model: Any, prepared: PreparedChoices, prefix: bool) -> None:
+        """Build the prompt-prefix KV cache when trials can reuse it (nothing else to do)."""
+        if prefix:
+            self.build_prefix(model, prepared)
+
     def build_prefix(self, model: Any, prepared: PreparedChoices) -> None:
         """Cache the unsteered KV of each batch's prompts without their last token, once.
 

@@ -32,8 +32,9 @@ def test_every_group_has_at_least_one_option() -> None:
 def test_smoke_experiment_overrides_the_defaults() -> None:
     cfg = compose_run("experiment=smoke")
     assert cfg.study.name == "smoke"
+    assert cfg.task.name == "sentiment"
     assert cfg.task.splits.train == 16
-    assert cfg.search_space.positions == ["prompt_end_onward"]
+    assert cfg.task.objective.fluency.enabled
     assert cfg.output_dir == "outputs/smoke"
 
 
@@ -61,7 +62,7 @@ def empty_jsonl(tmp_path: Path) -> Path:
 
 
 BAD_INPUTS = [
-    (["optimize", "task=nope"], r"unknown task 'nope'; choices: sycophancy"),
+    (["optimize", "task=nope"], r"unknown task 'nope'; choices: sentiment, sycophancy"),
     (
         ["optimize", "search_space.layers.high=31"],
         r"layers must lie in \[0, 29\] for this model, got high=31",
@@ -102,3 +103,17 @@ def test_every_bad_input_has_its_own_message(capsys: pytest.CaptureFixture) -> N
         main(args)
         messages.add(capsys.readouterr().err.strip())
     assert len(messages) == len(BAD_INPUTS)
+
+
+def test_sentiment_task_splits_prompts_and_takes_pairs_from_their_own_file() -> None:
+    from hpo.tasks import load_task
+
+    cfg = compose_run("task=sentiment")
+    splits = load_task(cfg.task)
+    assert len(splits.train) == 40
+    assert set(splits.train[0]) == {"prompt", "positive", "negative"}
+    validation = {r["prompt"] for r in splits.validation}
+    test = {r["prompt"] for r in splits.test()}
+    assert len(validation) == 20
+    assert len(test) == 40
+    assert not validation & test

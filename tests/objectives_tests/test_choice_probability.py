@@ -115,7 +115,7 @@ def test_a_pure_letter_prior_direction_cannot_raise_the_balanced_score(
         )
         obj = ChoiceProbability(task_cfg, tok)
         prepared = obj.prepare(skewed)
-        obj.build_prefix(smollm2.model, prepared)
+        obj.precompute(smollm2.model, prepared, prefix=True)
         before = obj.score(smollm2.model, prepared, reuse_prefix=True).value
         vector = prior / prior.norm() * 100.0
         with steer(smollm2.model, smollm2.blocks, {layer: vector}, 1.0, "prompt_end_onward"):

@@ -1,0 +1,81 @@
+"""Generation objective on the real model: VADER scoring, fluency measures, and the constraint
+that keeps degenerate text from ever being exported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from hpo import UserError
+from hpo.export import pick_trial
+from hpo.study import check_config, open_study, prepare_worker, run_trials
+from hpo.trial import BASELINE_ATTR
+from objectives.fluency import distinct2, perplexities
+from objectives.scorers import get_scorer, sentiment
+from tests.conftest import compose_run
+
+
+@pytest.mark.parametrize(
+    ("ids", "expected"),
+    [([1, 2, 3, 4], 1.0), ([5, 5, 5, 5, 5], 0.25), ([1, 2, 1, 2, 1], 0.5), ([7], 1.0)],
+)
+def test_distinct2_counts_unique_bigrams(ids: list[int], expected: float) -> None:
+    assert distinct2(ids) == pytest.approx(expected)
+
+
+def test_sentiment_scorer_orders_obvious_texts() -> None:
+    assert sentiment("What a wonderful, happy day!") > 0.5
+    assert sentiment("This is a horrible, miserable failure.") < -0.5
+    with pytest.raises(UserError, match=r"scorer must be one of \['sentiment'\], got 'tone'"):
+        get_scorer("tone")
+
+
+def test_perplexity_of_the_models_own_greedy_text_is_low(tiny_model_dir: Path) -> None:
+    from hpo import ModelConfig
+    from hpo.generation import generate_ids
+    from hpo.models import load_model
+
+    tiny = load_model(ModelConfig(name_or_path=str(tiny_model_dir), gguf_file=None))
+    prompts = [tiny.tokenizer.encode("Once upon a time")]
+    greedy = generate_ids(tiny.model, tiny.tokenizer, prompts, 8)
+    noise = [[1000, 23000, 77, 4011, 999, 31000, 12, 5]]
+    pad = tiny.tokenizer.pad_token_id
+    assert (
+        perplexities(tiny.model, pad, prompts, greedy)[0]
+        < perplexities(tiny.model, pad, prompts, noise)[0]
+    )
+
+
+@pytest.mark.slow
+def test_repetitive_text_is_infeasible_and_never_exported(tmp_path: Path) -> None:
+    cfg = compose_run(
+        "experiment=smoke",
+        f"output_dir={tmp_path}",
+        "study.n_trials=3",
+        "task.splits.validation=6",
+        "search_space.layers.low=3",
+        "search_space.layers.high=27",
+    )
+    task = check_config(cfg)
+    study = open_study(cfg)
+    common = {"method": "caa", "positions": "all"}
+    # measured on SmolLM2: layer 24 at alpha 1.0 repeats one word ("vibrant vibrant ..."),
+    # layer 10 at alpha 0.5 stays fluent and turns the text positive.
+    study.enqueue_trial({"layer": 24, "alpha": 1.2, "aggregation": "mean", **common})
+    study.enqueue_trial({"layer": 10, "alpha": 0.5, "aggregation": "mean", **common})
+    run_trials(study, prepare_worker(cfg, task), cfg.study.n_trials)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 3
+    baseline, repetitive, fluent = trials
+    assert baseline.user_attrs[BASELINE_ATTR]
+    assert repetitive.user_attrs["feasible"] is False
+    assert repetitive.user_attrs["distinct2"] < 0.5
+    assert fluent.user_attrs["feasible"] is True
+    # Optuna's own constrained optimization sees the constraint values
+    assert repetitive.constraints["distinct2_ratio"] > 0
+    assert all(v <= 0 for v in fluent.constraints.values())
+    assert pick_trial(study, None).number == fluent.number
+    with pytest.raises(UserError, match=f"export.trial={repetitive.number} is infeasible"):
+        pick_trial(study, repetitive.number)
