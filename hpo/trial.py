@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +95,11 @@ class SteeringObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         worker = self.worker
-        params = suggest(trial, worker.cfg.search_space)
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR, False))
+        with warnings.catch_warnings():
+            # The baseline's alpha = 0 may lie outside the alpha range on purpose.
+            warnings.filterwarnings("ignore", message="Fixed parameter", category=UserWarning)
+            params = suggest(trial, worker.cfg.search_space)
         started = time.perf_counter()
         vectors = worker.vectors(params)
         built = time.perf_counter()
