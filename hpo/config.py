@@ -26,6 +26,11 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise UserError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
+def _at_least(name: str, value: int | None, low: int = 1) -> None:
+    if value is not None and value < low:
+        raise UserError(f"{name} must be >= {low}, got {value}")
+
+
 @dataclass
 class ModelConfig:
     """Which model to steer. `gguf_file` is a file name inside `name_or_path` (a directory)."""
@@ -42,8 +47,7 @@ class ModelConfig:
         _check_choice("model.dtype", self.dtype, DTYPES)
         if not self.name_or_path:
             raise UserError("model.name_or_path must be set, got an empty string")
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"model.threads must be >= 1, got {self.threads}")
+        _at_least("model.threads", self.threads)
 
 
 @dataclass
@@ -57,8 +61,7 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         for name in ("train", "validation", "test"):
-            if getattr(self, name) < 1:
-                raise UserError(f"task.splits.{name} must be >= 1, got {getattr(self, name)}")
+            _at_least(f"task.splits.{name}", getattr(self, name))
 
 
 @dataclass
@@ -102,12 +105,8 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         _check_choice("task.objective.direction", self.direction, DIRECTIONS)
         _check_choice("task.objective.balance", self.balance, BALANCES)
-        if self.batch_size < 1:
-            raise UserError(f"task.objective.batch_size must be >= 1, got {self.batch_size}")
-        if self.max_new_tokens < 1:
-            raise UserError(
-                f"task.objective.max_new_tokens must be >= 1, got {self.max_new_tokens}"
-            )
+        _at_least("task.objective.batch_size", self.batch_size)
+        _at_least("task.objective.max_new_tokens", self.max_new_tokens)
 
 
 @dataclass
@@ -136,8 +135,7 @@ class TaskConfig:
             raise UserError(
                 f"task.prompt_template must contain {{prompt}}, got {self.prompt_template!r}"
             )
-        if self.limit is not None and self.limit < 1:
-            raise UserError(f"task.limit must be >= 1 or null, got {self.limit}")
+        _at_least("task.limit", self.limit)
 
 
 @dataclass
@@ -181,10 +179,7 @@ class StorageConfig:
     sqlite_timeout: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.heartbeat_interval < 1:
-            raise UserError(
-                f"storage.heartbeat_interval must be >= 1 s, got {self.heartbeat_interval}"
-            )
+        _at_least("storage.heartbeat_interval", self.heartbeat_interval)
         if self.grace_period <= self.heartbeat_interval:
             raise UserError(
                 "storage.grace_period must exceed storage.heartbeat_interval, got "
@@ -202,8 +197,7 @@ class StudyConfig:
     baseline: bool = True
 
     def __post_init__(self) -> None:
-        if self.n_trials < 1:
-            raise UserError(f"study.n_trials must be >= 1, got {self.n_trials}")
+        _at_least("study.n_trials", self.n_trials)
         if not self.name:
             raise UserError("study.name must not be empty")
 
@@ -249,8 +243,7 @@ class GenerateConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _at_least("max_new_tokens", self.max_new_tokens)
         if self.alpha is not None and not math.isfinite(self.alpha):
             raise UserError(f"alpha must be finite, got {self.alpha}")
 

@@ -74,8 +74,10 @@ def measure(worker: Worker, trial: FrozenTrial, study: optuna.Study) -> dict[str
     test_rows = load_task(worker.cfg.task).test()
     prepared = worker.prepare(test_rows)
     steered = worker.score(trial.params, prepared)
-    reuse = getattr(prepared, "prefix", None) is not None
-    baseline = objective.score(worker.loaded.model, prepared, reuse_prefix=reuse)
+    baseline = getattr(prepared, "baseline", None)  # generation keeps its unsteered run
+    if baseline is None:
+        reuse = getattr(prepared, "prefix", None) is not None
+        baseline = objective.score(worker.loaded.model, prepared, reuse_prefix=reuse)
     lo, hi = bootstrap_diff_ci(steered.per_item, baseline.per_item, seed=worker.cfg.study.seed)
     per_letter_val = {
         k[len("letter_") :]: v for k, v in trial.user_attrs.items() if k.startswith("letter_")

