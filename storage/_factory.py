@@ -100,10 +100,10 @@ def create_storage(cfg: StorageConfig, url: str) -> RDBStorage:
                     max_retry=cfg.max_retry
                 ),
             )
-    except (NoSuchModuleError, ModuleNotFoundError) as e:
+    except (NoSuchModuleError, ImportError) as e:
         raise UserError(
-            f"storage.url {mask_url(url)!r} needs a database driver that is not installed: "
-            f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            f"storage.url {mask_url(url)!r} needs a database driver that is not installed "
+            f"(for PostgreSQL: pip install 'steering-hpo[postgres]'): {type(e).__name__}"
         ) from e
     except SQLAlchemyError as e:
         reason = str(getattr(e, "orig", e)).splitlines()[0].replace(str(parsed.password), "***")

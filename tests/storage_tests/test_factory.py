@@ -84,3 +84,13 @@ def test_unreachable_database_error_does_not_leak_the_password() -> None:
         create_storage(StorageConfig(), url)
     assert "hunter2" not in str(info.value)
     assert "bob:***@127.0.0.1:1" in str(info.value)
+
+
+def test_a_missing_driver_is_named_without_the_password() -> None:
+    url = "mysql+notadriver://carol:pa55@127.0.0.1/db"
+    with pytest.raises(UserError) as info:
+        create_storage(StorageConfig(), url)
+    assert "pa55" not in str(info.value)
+    assert "carol:***@127.0.0.1/db' needs a database driver that is not installed" in str(
+        info.value
+    )
