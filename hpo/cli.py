@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +23,8 @@ from hpo.errors import UserError
 USAGE = """usage: hpo <verb> [--config-dir DIR] [--cfg] [key=value ...]
 
 verbs:
-  optimize   create/load the study, run it, export the winner
+  optimize   create/load the study, run it (workers=N processes), export the winner
+  worker     join an existing study (same storage.url + study.name) and run trials
   export     best trial (or export.trial=K) -> bundle, with held-out test metrics
   status     trials by state, baseline, best, failures
   generate   bundle=DIR prompt="..." : unsteered vs steered completions
@@ -67,6 +69,10 @@ def _setup_logging(level: str) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def _split_args(args: Sequence[str]) -> tuple[list[str], list[str], bool]:
     overrides: list[str] = []
     config_dirs: list[str] = []
@@ -92,11 +98,12 @@ def _split_args(args: Sequence[str]) -> tuple[list[str], list[str], bool]:
     return overrides, config_dirs, print_cfg
 
 
-def _verbs() -> dict[str, tuple[str, Callable[[DictConfig], int]]]:
+def _verbs() -> dict[str, tuple[str, Callable[[DictConfig, Sequence[str]], int]]]:
     from hpo import verbs
 
     return {
         "optimize": ("hpo", verbs.optimize),
+        "worker": ("hpo", verbs.worker),
         "export": ("hpo", verbs.export),
         "status": ("hpo", verbs.status),
         "generate": ("generate", verbs.generate),
@@ -126,7 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(OmegaConf.to_yaml(cfg))
             return 0
         _setup_logging(str(cfg.get("log_level", "INFO")))
-        return run(cfg)
+        # SIGTERM (kill, Kubernetes, SLURM) stops like Ctrl-C: the running trial is marked FAIL.
+        signal.signal(signal.SIGTERM, _interrupt)
+        return run(cfg, rest)
     except UserError as e:
         print(f"hpo {verb}: error: {e}", file=sys.stderr)
         return 2

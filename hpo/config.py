@@ -225,8 +225,12 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     output_dir: str = "outputs"
     log_level: str = "INFO"
+    workers: int = 1
+    worker_rank: int | None = None
 
     def __post_init__(self) -> None:
+        _at_least("workers", self.workers)
+        _at_least("worker_rank", self.worker_rank, 0)
         _check_choice("log_level", self.log_level, ("DEBUG", "INFO", "WARNING", "ERROR"))
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import os
+import socket
 import warnings
 from typing import Any
 
@@ -14,9 +17,10 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from hpo import budget
 from hpo.activations import load_or_build
 from hpo.config import RunConfig
-from hpo.errors import TrialFailure, UserError
+from hpo.errors import UserError
 from hpo.models import load_model, read_shape
 from hpo.tasks import TaskSplits, load_task
 from hpo.trial import BASELINE_ATTR, FEASIBLE_ATTR, SteeringObjective, Worker
@@ -27,9 +31,10 @@ from storage import create_storage, default_sqlite_url, mask_url
 log = logging.getLogger(__name__)
 
 CONFIG_ATTR = "hpo_config"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # What must match for a worker to join a study: the same model, task and search space.
 FINGERPRINT_KEYS = ("model", "task", "search_space")
+# How a worker runs, not what it computes: may differ between workers of one study.
+PER_WORKER_KEYS = {"model.threads", "model.device", "task.objective.batch_size"}
 MAX_CONSECUTIVE_FAILURES = 10
 
 
@@ -51,23 +56,44 @@ def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = 
         a, b = stored.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
+        elif a != b and f"{prefix}{key}" not in PER_WORKER_KEYS:
             out.append(f"{prefix}{key}: study has {a!r}, this run has {b!r}")
     return out
 
 
-def open_study(cfg: RunConfig, create: bool = True) -> optuna.Study:
+def worker_rank(cfg: RunConfig) -> int:
+    """This worker's rank: `worker_rank`, else a number derived from host and pid."""
+    if cfg.worker_rank is not None:
+        return cfg.worker_rank
+    where = f"{socket.gethostname()}:{os.getpid()}"
+    return int(hashlib.sha256(where.encode()).hexdigest()[:6], 16)
+
+
+def _seeded(cfg: RunConfig) -> dict[str, Any]:
+    sampler = dict(cfg.sampler)
+    if "seed" in sampler and sampler["seed"] is not None:
+        sampler["seed"] = int(sampler["seed"]) + worker_rank(cfg)
+    return sampler
+
+
+def open_study(cfg: RunConfig, create: bool = True, join: bool = True) -> optuna.Study:
     """Load the study, or create it (recording its config and enqueueing the baseline).
 
+    Args:
+        cfg: the run's config.
+        create: create the study when it does not exist (else refuse).
+        join: this process will run trials: refuse a study made with another config, and seed
+            the sampler by worker rank so workers do not propose the same points.
+
     Raises:
-        UserError: the study does not exist and `create` is False, or it exists with a different
-            model, task or search space (the differences are spelled out).
+        UserError: the study does not exist and `create` is False, or `join` and it exists with
+            a different model, task or search space (the differences are spelled out).
     """
     url = storage_url(cfg)
     storage = create_storage(cfg.storage, url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # TPE's `group` is experimental
-        sampler = instantiate(OmegaConf.create(cfg.sampler)) if cfg.sampler else None
+        sampler = instantiate(OmegaConf.create(_seeded(cfg))) if cfg.sampler else None
     pruner = instantiate(OmegaConf.create(cfg.pruner)) if cfg.pruner else None
     if not create:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
@@ -94,7 +120,7 @@ def open_study(cfg: RunConfig, create: bool = True) -> optuna.Study:
                 user_attrs={BASELINE_ATTR: True},
                 skip_if_exists=True,
             )
-    elif create:
+    elif join:
         diffs = [d for k in FINGERPRINT_KEYS for d in _differences(stored[k], record[k], f"{k}.")]
         if diffs:
             raise UserError(
@@ -142,29 +168,9 @@ def check_config(cfg: RunConfig) -> TaskSplits:
     return load_task(cfg.task)
 
 
-def finished_trials(study: optuna.Study) -> int:
-    """Trials that count against the budget (COMPLETE and PRUNED)."""
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
 def run_trials(study: optuna.Study, worker: Worker, n_trials: int) -> None:
-    """Run trials until `n_trials` have finished in the whole study (failed ones do not count)."""
-    failures = 0
-
-    def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        nonlocal failures
-        failures = failures + 1 if trial.state == TrialState.FAIL else 0
-        if failures >= MAX_CONSECUTIVE_FAILURES:
-            log.error("%d trials failed in a row; stopping this worker", failures)
-            study.stop()
-        elif finished_trials(study) >= n_trials:
-            study.stop()
-
-    if finished_trials(study) >= n_trials:
-        log.info("study %r already has %d finished trials", study.study_name, n_trials)
-        return
-    objective = SteeringObjective(worker)
-    study.optimize(objective, catch=(TrialFailure,), callbacks=[stop_when_done])
+    """Run steering trials until the study has `n_trials` finished ones (see `hpo.budget`)."""
+    budget.run_trials(study, SteeringObjective(worker), n_trials, MAX_CONSECUTIVE_FAILURES)
 
 
 def summary(study: optuna.Study) -> dict[str, Any]:

@@ -95,6 +95,17 @@ class SteeringObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         worker = self.worker
+        trial.set_user_attr("worker", f"{self.host}:{os.getpid()}")
+        trial.set_user_attr("device", str(worker.loaded.device))
+        try:
+            return self._run(trial)
+        except (TrialFailure, KeyboardInterrupt) as e:
+            reason = str(e) if isinstance(e, TrialFailure) else f"worker stopped ({e or 'Ctrl-C'})"
+            trial.set_user_attr("fail_reason", reason)
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
+        worker = self.worker
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR, False))
         with warnings.catch_warnings():
             # The baseline's alpha = 0 may lie outside the alpha range on purpose.
@@ -118,8 +129,6 @@ class SteeringObjective:
         trial.set_user_attr("time_vector_s", round(built - started, 6))
         trial.set_user_attr("time_score_s", round(scored - built, 4))
         trial.set_user_attr("vector_norm", round(float(next(iter(vectors.values())).norm()), 4))
-        trial.set_user_attr("worker", f"{self.host}:{os.getpid()}")
-        trial.set_user_attr("device", str(worker.loaded.device))
         for letter, value in result.per_letter.items():
             trial.set_user_attr(f"letter_{letter}", round(value, 6))
         for name, value in result.extras.get("fluency", {}).items():
@@ -131,9 +140,7 @@ class SteeringObjective:
             ok = all(v <= 0 for v in result.extras["constraints"].values())
             trial.set_user_attr(FEASIBLE_ATTR, ok)
         if not math.isfinite(result.value):
-            reason = f"objective is {result.value} (non-finite score)"
-            trial.set_user_attr("fail_reason", reason)
-            raise TrialFailure(reason)
+            raise TrialFailure(f"objective is {result.value} (non-finite score)")
         study = trial.study
         if is_baseline:
             study.set_user_attr(BASELINE_VALUE_ATTR, result.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,20 +73,39 @@ def _export(cfg: RunConfig, study: Any, worker: Any) -> int:
     return 0
 
 
-def optimize(raw: DictConfig) -> int:
+def optimize(raw: DictConfig, args: Sequence[str] = ()) -> int:
     """`hpo optimize`: create/load the study, run it to its budget, export the winner."""
     from hpo.study import check_config, open_study, prepare_worker, run_trials, summary
 
     cfg = to_run_config(raw)
+    if cfg.workers == 1 and cfg.worker_rank is None:
+        cfg.worker_rank = 0  # in-process: reproducible sampler seed
     task = check_config(cfg)
     study = open_study(cfg)
-    worker = prepare_worker(cfg, task)
-    run_trials(study, worker, cfg.study.n_trials)
+    if cfg.workers > 1:
+        from hpo.launcher import run_workers
+
+        run_workers(cfg, study, args)
+        worker = None
+    else:
+        worker = prepare_worker(cfg, task)
+        run_trials(study, worker, cfg.study.n_trials)
     info = summary(study)
     log.info("study done: baseline %s, best %s", _fmt(info["baseline"]), _fmt(info["best_value"]))
     if not cfg.export.enabled:
         return 0
-    return _export(cfg, study, worker)
+    return _export(cfg, study, worker or prepare_worker(cfg, task))
+
+
+def worker(raw: DictConfig, args: Sequence[str] = ()) -> int:
+    """`hpo worker`: join an existing study and run trials until its budget is met."""
+    from hpo.study import check_config, open_study, prepare_worker, run_trials
+
+    cfg = to_run_config(raw)
+    task = check_config(cfg)
+    study = open_study(cfg, create=False)
+    run_trials(study, prepare_worker(cfg, task), cfg.study.n_trials)
+    return 0
 
 
 def _stored_run_config(cfg: RunConfig, study: Any) -> RunConfig:
@@ -100,29 +120,29 @@ def _stored_run_config(cfg: RunConfig, study: Any) -> RunConfig:
     return to_run_config(OmegaConf.create(record))
 
 
-def export(raw: DictConfig) -> int:
+def export(raw: DictConfig, args: Sequence[str] = ()) -> int:
     """`hpo export`: best trial (or export.trial) -> bundle, scored on the held-out test split."""
     from hpo.study import open_study, prepare_worker
 
     cfg = to_run_config(raw)
-    study = open_study(cfg, create=False)
+    study = open_study(cfg, create=False, join=False)
     stored = _stored_run_config(cfg, study)
     return _export(stored, study, prepare_worker(stored))
 
 
-def status(raw: DictConfig) -> int:
+def status(raw: DictConfig, args: Sequence[str] = ()) -> int:
     """`hpo status`: one table of the study's state."""
     from hpo.status import render_status
     from hpo.study import open_study, storage_url
     from storage import mask_url
 
     cfg = to_run_config(raw)
-    study = open_study(cfg, create=False)
+    study = open_study(cfg, create=False, join=False)
     print(render_status(study, mask_url(storage_url(cfg))))
     return 0
 
 
-def generate(raw: DictConfig) -> int:
+def generate(raw: DictConfig, args: Sequence[str] = ()) -> int:
     """`hpo generate`: a bundle's unsteered vs steered completions, side by side."""
     from hpo.bundle import load_bundle
     from hpo.generation import chat_prompt, generate_ids

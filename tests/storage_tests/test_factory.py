@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -22,12 +23,16 @@ def test_default_url_is_a_sqlite_file_in_the_output_dir(tmp_path: Path) -> None:
     assert default_sqlite_url(tmp_path) == f"sqlite:///{tmp_path.resolve()}/study.db"
 
 
-def test_storage_creates_the_database_and_round_trips_a_study(sqlite_url: str) -> None:
-    storage = create_storage(StorageConfig(), sqlite_url)
-    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+def test_storage_creates_the_database_and_round_trips_a_study(
+    any_url: str, study_name: str
+) -> None:
+    storage = create_storage(StorageConfig(), any_url)
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
     study.set_user_attr("note", {"a": 1})
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
-    again = optuna.load_study(study_name="s", storage=create_storage(StorageConfig(), sqlite_url))
+    again = optuna.load_study(
+        study_name=study_name, storage=create_storage(StorageConfig(), any_url)
+    )
     assert again.user_attrs["note"] == {"a": 1}
     assert len(again.get_trials(states=(TrialState.COMPLETE,))) == 3
     assert again.best_value == max(t.value for t in again.trials)  # type: ignore[type-var]
@@ -42,12 +47,12 @@ def test_sqlite_uses_wal_and_a_busy_timeout(sqlite_url: str) -> None:
     assert timeout == 123_000
 
 
-def test_concurrent_writers_share_one_sqlite_study(sqlite_url: str) -> None:
-    optuna.create_study(study_name="c", storage=create_storage(StorageConfig(), sqlite_url))
+def test_concurrent_writers_share_one_study(any_url: str, study_name: str) -> None:
+    optuna.create_study(study_name=study_name, storage=create_storage(StorageConfig(), any_url))
 
     def work() -> None:
         study = optuna.load_study(
-            study_name="c", storage=create_storage(StorageConfig(), sqlite_url)
+            study_name=study_name, storage=create_storage(StorageConfig(), any_url)
         )
         study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=10)
 
@@ -56,7 +61,9 @@ def test_concurrent_writers_share_one_sqlite_study(sqlite_url: str) -> None:
         t.start()
     for t in threads:
         t.join()
-    study = optuna.load_study(study_name="c", storage=create_storage(StorageConfig(), sqlite_url))
+    study = optuna.load_study(
+        study_name=study_name, storage=create_storage(StorageConfig(), any_url)
+    )
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 30
 
 
@@ -78,10 +85,28 @@ def test_bad_urls_are_refused_without_echoing_secrets(url: str, message: str) ->
         parse_url(url)
 
 
+def test_stale_trials_of_a_silent_worker_are_failed_and_retried(
+    any_url: str, study_name: str
+) -> None:
+    cfg = StorageConfig(heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name=study_name, storage=create_storage(cfg, any_url))
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    time.sleep(3)
+    optuna.storages.fail_stale_trials(study)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
+    retry = study.get_trials()[1]
+    assert retry.system_attrs["failed_trial"] == trial.number
+    assert retry.system_attrs["fixed_params"] == {"x": trial.params["x"]}
+
+
 def test_unreachable_database_error_does_not_leak_the_password() -> None:
     url = "postgresql+psycopg://bob:hunter2@127.0.0.1:1/none"
+    started = time.monotonic()
     with pytest.raises(UserError) as info:
         create_storage(StorageConfig(), url)
+    assert time.monotonic() - started < 10
     assert "hunter2" not in str(info.value)
     assert "bob:***@127.0.0.1:1" in str(info.value)
 
