@@ -69,6 +69,43 @@ def _setup_logging(level: str) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
+def _multirun(
+    verb: str,
+    config_name: str,
+    run: Callable[[DictConfig, Sequence[str]], int],
+    overrides: list[str],
+    config_dirs: list[str],
+) -> int:
+    """`hpo worker -m hydra/launcher=submitit_slurm ...`: let a Hydra launcher start the workers.
+
+    Each launched job composes the same config and runs the verb; SLURM (through submitit) or
+    any other Hydra launcher owns scheduling, we own nothing but the job body.
+    """
+    import hydra
+
+    errors: list[str] = []
+
+    @hydra.main(version_base="1.3", config_path="pkg://conf", config_name=config_name)
+    def job(cfg: DictConfig) -> int:
+        _setup_logging(str(cfg.get("log_level", "INFO")))
+        try:
+            return run(cfg, overrides)
+        except UserError as e:
+            errors.append(str(e))
+            return 2
+
+    extra = [f"--config-dir={Path(d).expanduser().resolve()}" for d in config_dirs]
+    saved = sys.argv
+    sys.argv = [f"hpo-{verb}", "--multirun", *extra, *overrides]
+    try:
+        job()
+    finally:
+        sys.argv = saved
+    if errors:
+        raise UserError(errors[0])
+    return 0
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
@@ -124,7 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verb not in verbs:
             raise UserError(f"unknown verb {verb!r}; verbs: {', '.join(verbs)}")
         config_name, run = verbs[verb]
+        multirun = bool({"-m", "--multirun"} & set(rest))
+        rest = [a for a in rest if a not in ("-m", "--multirun")]
+        if multirun and verb != "worker":
+            raise UserError(f"-m (a Hydra launcher sweep) is for `hpo worker`, got `hpo {verb}`")
         overrides, config_dirs, print_cfg = _split_args(rest)
+        if multirun:
+            return _multirun(verb, config_name, run, overrides, config_dirs)
         try:
             cfg = _compose(config_name, overrides, config_dirs)
         except (HydraException, OmegaConfBaseException) as e:

@@ -173,6 +173,7 @@ class StorageConfig:
     """Where the study lives. `url: null` means a SQLite file in the run's output directory."""
 
     url: str | None = None
+    require_url: bool = False
     heartbeat_interval: int = 30
     grace_period: int = 300
     max_retry: int = 2
@@ -180,6 +181,11 @@ class StorageConfig:
 
     def __post_init__(self) -> None:
         _at_least("storage.heartbeat_interval", self.heartbeat_interval)
+        if self.require_url and not self.url:
+            raise UserError(
+                "this storage needs a URL: set HPO_STORAGE_URL in the environment (preferred: "
+                "it keeps the password off the command line) or storage.url, got neither"
+            )
         if self.grace_period <= self.heartbeat_interval:
             raise UserError(
                 "storage.grace_period must exceed storage.heartbeat_interval, got "

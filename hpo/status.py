@@ -49,6 +49,13 @@ def render_status(study: optuna.Study, url: str) -> str:
                 "fail_reason", "no reason recorded (worker died?)"
             )
             lines.append(f"failed    trial {t.number}: {reason}")
+    retries = [
+        f"{t.number} (of {t.system_attrs['failed_trial']}, {t.state.name})"
+        for t in trials
+        if "failed_trial" in t.system_attrs
+    ]
+    if retries:
+        lines.append(f"retries   {', '.join(retries)}")
     flag = [t.number for t in trials if t.user_attrs.get(BASELINE_ATTR)]
     if flag:
         lines.append(f"baseline trial(s): {flag}")

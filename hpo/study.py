@@ -127,6 +127,12 @@ def open_study(cfg: RunConfig, create: bool = True, join: bool = True) -> optuna
                 f"study {cfg.study.name!r} was made with another config ({'; '.join(diffs)}); "
                 "use another study.name or the same overrides"
             )
+        theirs = str(study.user_attrs.get("optuna_version", "?"))
+        if theirs.split(".")[0] != optuna.__version__.split(".")[0]:
+            raise UserError(
+                f"study {cfg.study.name!r} was made with Optuna {theirs}, this worker has "
+                f"{optuna.__version__}: workers must share the Optuna major version"
+            )
     return study
 
 

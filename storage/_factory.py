@@ -88,6 +88,8 @@ def create_storage(cfg: StorageConfig, url: str) -> RDBStorage:
         }
     else:
         engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True}
+        if backend == "postgresql":
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)

@@ -118,3 +118,12 @@ def test_joining_a_study_with_another_task_is_refused(
 
 def test_trial_failure_is_a_runtime_error() -> None:
     assert issubclass(TrialFailure, RuntimeError)
+
+
+def test_a_worker_with_another_optuna_major_version_is_refused(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_run(tiny_model_dir, tmp_path)
+    open_study(cfg).set_user_attr("optuna_version", "3.6.1")
+    with pytest.raises(UserError, match=r"made with Optuna 3.6.1, this worker has 5\."):
+        open_study(cfg)

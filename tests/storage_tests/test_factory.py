@@ -98,7 +98,7 @@ def test_stale_trials_of_a_silent_worker_are_failed_and_retried(
     assert states == [TrialState.FAIL, TrialState.WAITING]
     retry = study.get_trials()[1]
     assert retry.system_attrs["failed_trial"] == trial.number
-    assert retry.system_attrs["fixed_params"] == {"x": trial.params["x"]}
+    assert retry.params == trial.params
 
 
 def test_unreachable_database_error_does_not_leak_the_password() -> None:

@@ -1,0 +1,73 @@
+"""`hpo optimize workers=N` and `hpo worker` as real processes: exact budget across workers,
+and SIGTERM marking the running trial FAIL with nothing left RUNNING."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import REPO
+from tests.test_cli import hpo_cli
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_args(model_dir: Path, out: Path) -> list[str]:
+    return [
+        "debug=default",
+        f"model.name_or_path={model_dir}",
+        "model.gguf_file=null",
+        "search_space.layers.low=0",
+        "search_space.layers.high=3",
+        "search_space.positions=[prompt_end_onward]",
+        f"output_dir={out}",
+    ]
+
+
+def load(out: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out}/study.db")
+
+
+def test_optimize_with_two_workers_meets_the_exact_budget(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    args = [*tiny_args(tiny_model_dir, tmp_path), "workers=2", "study.n_trials=10"]
+    proc = hpo_cli("optimize", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path, "sycophancy")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 10
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    assert sum(1 for t in study.trials if t.user_attrs.get("baseline")) == 1
+    assert (tmp_path / "bundle" / "steering.json").is_file()
+
+
+def test_sigterm_marks_the_running_trial_failed_and_exits(tmp_path: Path) -> None:
+    args = ["experiment=smoke", f"output_dir={tmp_path}", "study.n_trials=30"]
+    created = hpo_cli("optimize", *args, "study.n_trials=1", "export.enabled=false", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr[-2000:]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "worker", *args],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    study = load(tmp_path, "smoke")
+    deadline = time.monotonic() + 120
+    while not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        assert worker.poll() is None, worker.communicate()[1][-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1
+    assert failed[0].user_attrs["fail_reason"] == "worker stopped (signal SIGTERM)"
