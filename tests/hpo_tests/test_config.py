@@ -9,6 +9,13 @@ import pytest
 from hpo.cli import main
 from tests.conftest import REPO, compose_run
 
+
+@pytest.fixture(autouse=True)
+def no_storage_url_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests decide the storage URL themselves."""
+    monkeypatch.delenv("HPO_STORAGE_URL", raising=False)
+
+
 GROUPS = ["model", "task", "search_space", "storage", "sampler", "pruner", "experiment", "debug"]
 
 
@@ -19,7 +26,10 @@ def _options(group: str) -> list[str]:
 @pytest.mark.parametrize(
     "override", [f"{g}={name}" for g in GROUPS for name in _options(g)], ids=str
 )
-def test_every_config_group_option_composes_and_validates(override: str) -> None:
+def test_every_config_group_option_composes_and_validates(
+    override: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HPO_STORAGE_URL", "postgresql+psycopg://hpo@127.0.0.1:5432/hpo")
     cfg = compose_run(override)
     assert cfg.study.n_trials >= 1
     assert cfg.task.splits.validation >= 1
@@ -76,6 +86,7 @@ BAD_INPUTS = [
     (["optimize", "model.dtype=float8"], r"model.dtype must be one of .*got 'float8'"),
     (["optimize", "task.splits.train=500"], r"splits need train\+validation\+test=580 rows"),
     (["explode"], r"unknown verb 'explode'; verbs: optimize"),
+    (["status", "storage=postgres"], r"this storage needs a URL: set HPO_STORAGE_URL"),
     (["generate", "bundle=/nonexistent/bundle", "prompt=hi"], r"does not exist"),
     (["generate", "bundle=/tmp"], r"needs prompt=.* or prompts_file"),
     (["status", "output_dir=/tmp/hpo-no-such-run"], r"no study named 'sycophancy'"),
