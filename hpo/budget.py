@@ -70,6 +70,7 @@ def budgeted(
         try:
             check_claim(trial.study, trial.number, n_trials)
         except OverBudget as e:
+            log.info("trial %d not run: %s (another worker won the race)", trial.number, e)
             trial.set_user_attr("fail_reason", str(e))
             raise TrialFailure(str(e)) from e
         return objective(trial)

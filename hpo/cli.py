@@ -63,7 +63,8 @@ def _setup_logging(level: str) -> None:
     import optuna
     import transformers
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Our own log lines say what happened to each trial (Optuna's repeat them with tracebacks).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     transformers.logging.set_verbosity_error()
     if not sys.stderr.isatty():
         transformers.utils.logging.disable_progress_bar()

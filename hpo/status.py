@@ -42,6 +42,7 @@ def render_status(study: optuna.Study, url: str) -> str:
             age = now - t.datetime_start.timestamp() if t.datetime_start else 0.0
             lines.append(
                 f"running   trial {t.number} on {t.user_attrs.get('worker', '?')} "
+                f"({t.user_attrs.get('device', '?')}) "
                 f"for {age:.0f}s  {format_params(t.params)}"
             )
         elif t.state == TrialState.FAIL:

@@ -102,6 +102,7 @@ class SteeringObjective:
         except (TrialFailure, KeyboardInterrupt) as e:
             reason = str(e) if isinstance(e, TrialFailure) else f"worker stopped ({e or 'Ctrl-C'})"
             trial.set_user_attr("fail_reason", reason)
+            log.warning("trial %d failed: %s", trial.number, reason)
             raise
 
     def _run(self, trial: optuna.Trial) -> float:

@@ -13,11 +13,12 @@ from typing import Any
 
 import sqlalchemy
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from hpo import StorageConfig, UserError
+from storage._retry import RetryStaleTrial
 
 SUPPORTED = ("sqlite", "postgresql", "mysql")
 
@@ -98,9 +99,7 @@ def create_storage(cfg: StorageConfig, url: str) -> RDBStorage:
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=cfg.heartbeat_interval,
                 grace_period=cfg.grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    max_retry=cfg.max_retry
-                ),
+                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=cfg.max_retry),
             )
     except (NoSuchModuleError, ImportError) as e:
         raise UserError(

@@ -36,6 +36,19 @@ def hpo_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["HPO_CACHE_DIR"] = old
 
 
+def tiny_overrides(model_dir: Path, out: Path) -> list[str]:
+    """Overrides for a fast real study: the tiny Llama on the sycophancy task, debug preset."""
+    return [
+        "debug=default",
+        f"model.name_or_path={model_dir}",
+        "model.gguf_file=null",
+        "search_space.layers.low=0",
+        "search_space.layers.high=3",
+        "search_space.positions=[prompt_end_onward]",
+        f"output_dir={out}",
+    ]
+
+
 def compose_run(*overrides: str) -> RunConfig:
     """Compose the real `hpo` config with overrides and validate it."""
     with initialize_config_module(config_module="conf", version_base="1.3"):

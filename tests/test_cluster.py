@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_module
 from optuna.trial import TrialState
 
 from hpo.cli import main
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_overrides
 
 
 @pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm_gpu"])
@@ -30,15 +30,7 @@ def test_the_slurm_launcher_config_composes(launcher: str) -> None:
 
 
 def test_worker_multirun_runs_one_job_per_rank(tiny_model_dir: Path, tmp_path: Path) -> None:
-    common = [
-        "debug=default",
-        f"model.name_or_path={tiny_model_dir}",
-        "model.gguf_file=null",
-        "search_space.layers.low=0",
-        "search_space.layers.high=3",
-        "search_space.positions=[prompt_end_onward]",
-        f"output_dir={tmp_path}",
-    ]
+    common = tiny_overrides(tiny_model_dir, tmp_path)
     assert main(["optimize", *common, "study.n_trials=2", "export.enabled=false"]) == 0
     sweep = [f"hydra.sweep.dir={tmp_path / 'multirun'}", "worker_rank=0,1", "study.n_trials=5"]
     assert main(["worker", "-m", *common, *sweep]) == 0

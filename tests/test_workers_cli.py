@@ -3,6 +3,7 @@ and SIGTERM marking the running trial FAIL with nothing left RUNNING."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,22 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_overrides
 from tests.test_cli import hpo_cli
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_args(model_dir: Path, out: Path) -> list[str]:
-    return [
-        "debug=default",
-        f"model.name_or_path={model_dir}",
-        "model.gguf_file=null",
-        "search_space.layers.low=0",
-        "search_space.layers.high=3",
-        "search_space.positions=[prompt_end_onward]",
-        f"output_dir={out}",
-    ]
 
 
 def load(out: Path, name: str) -> optuna.Study:
@@ -38,7 +27,7 @@ def load(out: Path, name: str) -> optuna.Study:
 def test_optimize_with_two_workers_meets_the_exact_budget(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    args = [*tiny_args(tiny_model_dir, tmp_path), "workers=2", "study.n_trials=10"]
+    args = [*tiny_overrides(tiny_model_dir, tmp_path), "workers=2", "study.n_trials=10"]
     proc = hpo_cli("optimize", *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(tmp_path, "sycophancy")
@@ -71,3 +60,40 @@ def test_sigterm_marks_the_running_trial_failed_and_exits(tmp_path: Path) -> Non
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert len(failed) == 1
     assert failed[0].user_attrs["fail_reason"] == "worker stopped (signal SIGTERM)"
+
+
+def test_a_crashed_worker_is_restarted_and_its_trial_retried(tmp_path: Path) -> None:
+    args = [
+        "experiment=smoke",
+        f"output_dir={tmp_path}",
+        "study.n_trials=6",
+        "workers=2",
+        "export.enabled=false",
+        "storage.heartbeat_interval=1",
+        "storage.grace_period=4",
+    ]
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "optimize", *args],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    db = tmp_path / "study.db"
+    deadline = time.monotonic() + 180
+    victim = None
+    while victim is None:
+        assert parent.poll() is None, parent.communicate()[1][-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+        if db.exists():
+            running = load(tmp_path, "smoke").get_trials(states=(TrialState.RUNNING,))
+            victim = next((t for t in running if "worker" in t.user_attrs), None)
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    _, err = parent.communicate(timeout=600)
+    assert parent.returncode == 0, err[-3000:]
+    assert "restarting in" in err
+    study = load(tmp_path, "smoke")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 6
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert [t.number for t in failed] == [victim.number]
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert [t.params for t in retried] == [victim.params]

@@ -15,21 +15,11 @@ from hpo import RunConfig, TrialFailure, UserError
 from hpo.export import pick_trial, write_bundle
 from hpo.study import check_config, open_study, prepare_worker, run_trials
 from hpo.tasks import TaskSplits
-from tests.conftest import compose_run
+from tests.conftest import compose_run, tiny_overrides
 
 
 def tiny_run(model_dir: Path, out: Path, *extra: str) -> RunConfig:
-    return compose_run(
-        "debug=default",
-        f"model.name_or_path={model_dir}",
-        "model.gguf_file=null",
-        "search_space.layers.low=0",
-        "search_space.layers.high=3",
-        "search_space.positions=[prompt_end_onward]",
-        "log_level=INFO",
-        f"output_dir={out}",
-        *extra,
-    )
+    return compose_run(*tiny_overrides(model_dir, out), "log_level=INFO", *extra)
 
 
 def run_study(cfg: RunConfig) -> tuple[optuna.Study, Any]:

@@ -98,7 +98,8 @@ def test_stale_trials_of_a_silent_worker_are_failed_and_retried(
     assert states == [TrialState.FAIL, TrialState.WAITING]
     retry = study.get_trials()[1]
     assert retry.system_attrs["failed_trial"] == trial.number
-    assert retry.params == trial.params
+    assert retry.system_attrs["fixed_params"] == trial.params
+    assert retry.system_attrs["retry_history"] == [trial.number]
 
 
 def test_unreachable_database_error_does_not_leak_the_password() -> None:
@@ -119,3 +120,45 @@ def test_a_missing_driver_is_named_without_the_password() -> None:
     assert "carol:***@127.0.0.1/db' needs a database driver that is not installed" in str(
         info.value
     )
+
+
+def test_the_password_is_in_no_study_attribute_and_no_status_line(
+    postgres_url: str, study_name: str
+) -> None:
+    import json
+
+    from hpo.status import render_status
+    from hpo.study import open_study, storage_url
+    from tests.conftest import compose_run
+    from tests.pgserver import PG_PASSWORD
+
+    cfg = compose_run(
+        "storage=postgres", f"storage.url={postgres_url}", f"study.name={study_name}"
+    )
+    study = open_study(cfg)
+    assert PG_PASSWORD not in json.dumps(study.user_attrs)
+    assert PG_PASSWORD not in json.dumps([t.user_attrs for t in study.trials])
+    assert PG_PASSWORD not in render_status(study, mask_url(storage_url(cfg)))
+    assert "hpo:***@127.0.0.1" in study.user_attrs["hpo_config"]["storage"]["url"]
+
+
+def test_a_stale_baseline_outside_the_search_space_is_retried(
+    any_url: str, study_name: str
+) -> None:
+    cfg = StorageConfig(heartbeat_interval=1, grace_period=2, max_retry=1)
+    study = optuna.create_study(study_name=study_name, storage=create_storage(cfg, any_url))
+    study.enqueue_trial({"alpha": 0.0}, user_attrs={"baseline": True})
+    dist: dict[str, optuna.distributions.BaseDistribution] = {
+        "alpha": optuna.distributions.FloatDistribution(0.1, 1.2)
+    }
+    for round_ in (1, 2):
+        trial = study.ask(dist)
+        assert trial.params == {"alpha": 0.0}
+        study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+        time.sleep(3)
+        optuna.storages.fail_stale_trials(study)
+        waiting = study.get_trials(states=(TrialState.WAITING,))
+        assert len(waiting) == (1 if round_ == 1 else 0)  # max_retry=1: one retry, then stop
+    retry = study.trials[1]
+    assert retry.user_attrs == {"baseline": True}
+    assert retry.system_attrs["failed_trial"] == 0

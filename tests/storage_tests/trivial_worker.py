@@ -20,7 +20,7 @@ def main() -> None:
     name, n_trials, sleep_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     cfg = StorageConfig(heartbeat_interval=1, grace_period=3)
     storage = create_storage(cfg, os.environ["HPO_STORAGE_URL"])
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()
     )
