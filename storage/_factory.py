@@ -83,10 +83,7 @@ def create_storage(cfg: StorageConfig, url: str) -> RDBStorage:
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {
-            "connect_args": {"timeout": cfg.sqlite_timeout},
-            "poolclass": sqlalchemy.pool.NullPool,
-        }
+        engine_kwargs = {"connect_args": {"timeout": cfg.sqlite_timeout}}
     else:
         engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True}
         if backend == "postgresql":
@@ -111,4 +108,5 @@ def create_storage(cfg: StorageConfig, url: str) -> RDBStorage:
         raise UserError(f"cannot open storage {mask_url(url)!r}: {reason}") from e
     if backend == "sqlite":
         _sqlite_pragmas(storage.engine)
+        storage.engine.dispose()  # pooled connections from here on get the pragmas above
     return storage
