@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from tests.conftest import REPO, tiny_overrides
@@ -76,16 +77,19 @@ def test_a_crashed_worker_is_restarted_and_its_trial_retried(tmp_path: Path) -> 
         [sys.executable, "-m", "hpo", "optimize", *args],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    db = tmp_path / "study.db"
     deadline = time.monotonic() + 180
     victim = None
     while victim is None:
         assert parent.poll() is None, parent.communicate()[1][-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.3)
-        if db.exists():
+        if not (tmp_path / "study.db").exists():
+            continue
+        try:
             running = load(tmp_path, "smoke").get_trials(states=(TrialState.RUNNING,))
-            victim = next((t for t in running if "worker" in t.user_attrs), None)
+        except (KeyError, sqlalchemy.exc.OperationalError):  # the study is being created
+            continue
+        victim = next((t for t in running if "worker" in t.user_attrs), None)
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     _, err = parent.communicate(timeout=600)
     assert parent.returncode == 0, err[-3000:]
