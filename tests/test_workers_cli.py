@@ -101,3 +101,32 @@ def test_a_crashed_worker_is_restarted_and_its_trial_retried(tmp_path: Path) -> 
     assert [t.number for t in failed] == [victim.number]
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert [t.params for t in retried] == [victim.params]
+
+
+def test_sigterm_to_the_launcher_stops_every_worker_cleanly(tmp_path: Path) -> None:
+    args = [f"output_dir={tmp_path}", "experiment=smoke", "study.n_trials=40", "workers=2"]
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "optimize", *args],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while True:
+        assert parent.poll() is None, parent.communicate()[1][-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+        if not (tmp_path / "study.db").exists():
+            continue
+        try:
+            study = load(tmp_path, "smoke")
+        except (KeyError, sqlalchemy.exc.OperationalError):
+            continue
+        if len(study.get_trials(states=(TrialState.RUNNING,))) == 2:
+            break
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=120)
+    assert parent.returncode == 130, err[-2000:]
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    reasons = {
+        t.user_attrs.get("fail_reason") for t in study.get_trials(states=(TrialState.FAIL,))
+    }
+    assert reasons == {"worker stopped (signal SIGTERM)"}
