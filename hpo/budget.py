@@ -69,11 +69,16 @@ def budgeted(
     def run(trial: optuna.Trial) -> float:
         try:
             check_claim(trial.study, trial.number, n_trials)
+            return objective(trial)
         except OverBudget as e:
             log.info("trial %d not run: %s (another worker won the race)", trial.number, e)
             trial.set_user_attr("fail_reason", str(e))
             raise TrialFailure(str(e)) from e
-        return objective(trial)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM turned into one by the CLI
+            reason = f"worker stopped ({e or 'Ctrl-C'})"
+            log.warning("trial %d failed: %s", trial.number, reason)
+            trial.set_user_attr("fail_reason", reason)
+            raise
 
     return run
 

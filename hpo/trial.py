@@ -99,10 +99,9 @@ class SteeringObjective:
         trial.set_user_attr("device", str(worker.loaded.device))
         try:
             return self._run(trial)
-        except (TrialFailure, KeyboardInterrupt) as e:
-            reason = str(e) if isinstance(e, TrialFailure) else f"worker stopped ({e or 'Ctrl-C'})"
-            trial.set_user_attr("fail_reason", reason)
-            log.warning("trial %d failed: %s", trial.number, reason)
+        except TrialFailure as e:
+            trial.set_user_attr("fail_reason", str(e))
+            log.warning("trial %d failed: %s", trial.number, e)
             raise
 
     def _run(self, trial: optuna.Trial) -> float:

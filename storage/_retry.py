@@ -30,7 +30,8 @@ class RetryStaleTrial:
                 state=TrialState.WAITING,
                 user_attrs={k: v for k, v in trial.user_attrs.items() if k not in PER_ATTEMPT},
                 system_attrs={
-                    "fixed_params": dict(trial.params),
+                    # an enqueued trial may die before suggesting all its fixed params
+                    "fixed_params": {**trial.system_attrs.get("fixed_params", {}), **trial.params},
                     "failed_trial": origin,
                     "retry_history": [*history, trial.number],
                 },

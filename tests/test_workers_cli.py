@@ -5,20 +5,31 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy
 from optuna.trial import TrialState
 
 from tests.conftest import REPO, tiny_overrides
 from tests.test_cli import hpo_cli
 
 pytestmark = pytest.mark.slow
+
+
+def running_count(out: Path) -> int:
+    """RUNNING trials, read-only: never races the parent creating the database."""
+    try:
+        with closing(sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(row[0])
 
 
 def load(out: Path, name: str) -> optuna.Study:
@@ -83,12 +94,9 @@ def test_a_crashed_worker_is_restarted_and_its_trial_retried(tmp_path: Path) -> 
         assert parent.poll() is None, parent.communicate()[1][-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.3)
-        if not (tmp_path / "study.db").exists():
+        if not running_count(tmp_path):
             continue
-        try:
-            running = load(tmp_path, "smoke").get_trials(states=(TrialState.RUNNING,))
-        except (KeyError, sqlalchemy.exc.OperationalError):  # the study is being created
-            continue
+        running = load(tmp_path, "smoke").get_trials(states=(TrialState.RUNNING,))
         victim = next((t for t in running if "worker" in t.user_attrs), None)
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     _, err = parent.communicate(timeout=600)
@@ -100,7 +108,10 @@ def test_a_crashed_worker_is_restarted_and_its_trial_retried(tmp_path: Path) -> 
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert [t.number for t in failed] == [victim.number]
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
-    assert [t.params for t in retried] == [victim.params]
+    assert len(retried) == 1
+    # params suggested before the kill are kept (the snapshot may predate some of them)
+    assert failed[0].params.items() <= retried[0].params.items()
+    assert victim.params.items() <= retried[0].params.items()
 
 
 def test_sigterm_to_the_launcher_stops_every_worker_cleanly(tmp_path: Path) -> None:
@@ -114,17 +125,12 @@ def test_sigterm_to_the_launcher_stops_every_worker_cleanly(tmp_path: Path) -> N
         assert parent.poll() is None, parent.communicate()[1][-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.3)
-        if not (tmp_path / "study.db").exists():
-            continue
-        try:
-            study = load(tmp_path, "smoke")
-        except (KeyError, sqlalchemy.exc.OperationalError):
-            continue
-        if len(study.get_trials(states=(TrialState.RUNNING,))) == 2:
+        if running_count(tmp_path) == 2:
             break
     parent.send_signal(signal.SIGTERM)
     _, err = parent.communicate(timeout=120)
     assert parent.returncode == 130, err[-2000:]
+    study = load(tmp_path, "smoke")
     assert not study.get_trials(states=(TrialState.RUNNING,))
     reasons = {
         t.user_attrs.get("fail_reason") for t in study.get_trials(states=(TrialState.FAIL,))
