@@ -197,5 +197,4 @@ def summary(study: optuna.Study) -> dict[str, Any]:
         "best_value": None if best is None else best.value,
         "best_trial": None if best is None else best.number,
         "best_params": None if best is None else best.params,
-        "n_complete": len(steered) + (baseline is not None),
     }
