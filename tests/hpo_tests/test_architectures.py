@@ -1,0 +1,197 @@
+"""Block discovery, hooks and KV-cache correctness on tiny random models of each family we support.
+
+Each family is built from its own transformers config class with random weights (nothing is
+downloaded), so the test pins the module layout and cache behaviour of the real model code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+import transformers
+from torch import nn
+
+from hpo import UserError
+from hpo.batching import pad_left
+from hpo.blocks import find_blocks, num_hidden_layers
+from hpo.generation import generate_ids
+from hpo.steering import steer
+from tests.conftest import unit
+
+VOCAB = 128
+HIDDEN = 64
+LAYERS = 3
+PROMPTS = ([5, 17, 33, 2, 9, 41], [7, 8, 90, 12])
+PAD = SimpleNamespace(pad_token_id=0)
+
+# A decoder-only transformer shape every family shares.
+COMMON = {
+    "vocab_size": VOCAB,
+    "hidden_size": HIDDEN,
+    "intermediate_size": 128,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 256,
+}
+
+BLOCKS = "model.layers"
+# family -> (config class, model class, config kwargs, where its blocks live)
+FAMILIES: dict[str, tuple[str, str, dict[str, Any], str]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {**COMMON, "num_key_value_heads": 2}, BLOCKS),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {**COMMON, "num_key_value_heads": 2}, BLOCKS),
+    "mistral": (
+        "MistralConfig",
+        "MistralForCausalLM",
+        {**COMMON, "num_key_value_heads": 2, "sliding_window": 4},
+        "model.layers",
+    ),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        {**COMMON, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 4},
+        "model.layers",
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {**COMMON, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 4},
+        "model.layers",
+    ),
+    "gpt2": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        {"vocab_size": VOCAB, "n_embd": HIDDEN, "n_layer": LAYERS, "n_head": 4},
+        "transformer.h",
+    ),
+    "gpt_neox": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        {**COMMON, "intermediate_size": 128},
+        "gpt_neox.layers",
+    ),
+    "phi": ("PhiConfig", "PhiForCausalLM", COMMON, "model.layers"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {**COMMON, "pad_token_id": 0}, "model.layers"),
+}
+
+
+def _build(family: str) -> tuple[nn.Module, str]:
+    config_name, model_name, kwargs, path = FAMILIES[family]
+    config = getattr(transformers, config_name)(**kwargs)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_name)(config).eval()
+    return model, path
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_model(request: pytest.FixtureRequest) -> tuple[str, nn.Module, str]:
+    model, path = _build(request.param)
+    return request.param, model, path
+
+
+def _module_at(model: nn.Module, path: str) -> Any:
+    current: Any = model
+    for part in path.split("."):
+        current = getattr(current, part)
+    return current
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _logits(model: nn.Module, **inputs: Any) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(**inputs).logits
+
+
+def test_blocks_are_found_at_the_familys_path(family_model: tuple[str, nn.Module, str]) -> None:
+    _family, model, path = family_model
+    blocks = find_blocks(model)
+    assert blocks is _module_at(model, path)
+    assert len(blocks) == num_hidden_layers(model) == LAYERS
+
+
+def test_layer_l_is_the_output_of_block_l_as_in_hidden_states(
+    family_model: tuple[str, nn.Module, str],
+) -> None:
+    """Layer L is transformers' `hidden_states[L + 1]` (the last one is after the final norm)."""
+    _family, model, _path = family_model
+    blocks = find_blocks(model)
+    seen: dict[int, torch.Tensor] = {}
+
+    def record(layer: int) -> Callable[..., None]:
+        def hook(_m: nn.Module, _a: Any, output: Any) -> None:
+            seen[layer] = (output[0] if isinstance(output, tuple) else output).detach().clone()
+
+        return hook
+
+    handles = [b.register_forward_hook(record(i)) for i, b in enumerate(blocks)]
+    try:
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([PROMPTS[0]]), output_hidden_states=True)
+    finally:
+        for h in handles:
+            h.remove()
+    for layer in range(LAYERS - 1):
+        assert torch.allclose(seen[layer], out.hidden_states[layer + 1], atol=1e-6)
+
+
+def test_alpha_zero_reproduces_unsteered_logits_exactly(
+    family_model: tuple[str, nn.Module, str],
+) -> None:
+    _family, model, _path = family_model
+    blocks = find_blocks(model)
+    inputs = pad_left([list(p) for p in PROMPTS], PAD.pad_token_id)
+    plain = _logits(model, **inputs)
+    with steer(model, blocks, {0: unit(HIDDEN), LAYERS - 1: unit(HIDDEN, 1)}, alpha=0.0):
+        steered = _logits(model, **inputs)
+    assert torch.equal(plain, steered)
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt_end_onward", "generated"])
+def test_steered_generation_matches_with_and_without_kv_cache(
+    family_model: tuple[str, nn.Module, str], positions: str
+) -> None:
+    _family, model, _path = family_model
+    blocks = find_blocks(model)
+    prompts = [list(p) for p in PROMPTS]
+    plain = generate_ids(model, PAD, prompts, 8)
+
+    def run(use_cache: bool) -> list[list[int]]:
+        with steer(model, blocks, {1: unit(HIDDEN) * 8.0}, 1.0, positions) as handle:
+            return generate_ids(model, PAD, prompts, 8, handle, use_cache=use_cache)
+
+    with_cache = run(True)
+    assert with_cache == run(False)
+    assert with_cache != plain, "the vector must change the output, or the test proves nothing"
+
+
+def test_no_hook_remains_after_an_exception(family_model: tuple[str, nn.Module, str]) -> None:
+    _family, model, _path = family_model
+    blocks = find_blocks(model)
+    before = _hook_count(model)
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        steer(model, blocks, {0: unit(HIDDEN), 2: unit(HIDDEN)}, 1.0, "all"),
+    ):
+        assert _hook_count(model) > before
+        raise RuntimeError("boom")
+    assert _hook_count(model) == before
+
+
+def test_an_unsupported_model_is_refused_with_its_module_tree() -> None:
+    """Two lists of the right length and no known path: we name both rather than guess."""
+
+    class TwoTowers(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = transformers.LlamaConfig(num_hidden_layers=2)
+            self.encoder = nn.ModuleList([nn.Linear(2, 2) for _ in range(2)])
+            self.decoder = nn.ModuleList([nn.Linear(2, 2) for _ in range(2)])
+
+    with pytest.raises(UserError, match=r"TwoTowers.*encoder \(2\), decoder \(2\)"):
+        find_blocks(TwoTowers())
