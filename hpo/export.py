@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import save_file
@@ -22,6 +23,8 @@ from safetensors.torch import save_file
 from hpo import __version__
 from hpo.bundle import SCHEMA_VERSION, STEERING_JSON, sha256_file, vector_relpath
 from hpo.config import RunConfig
+from hpo.control_vector import FILENAME as CONTROL_VECTOR
+from hpo.control_vector import ControlVectorError, model_hint, write_control_vector
 from hpo.errors import UserError
 from hpo.model_card import model_card
 from hpo.stats import bootstrap_diff_ci
@@ -173,6 +176,38 @@ def _experiment_yaml(cfg: RunConfig, trial: FrozenTrial) -> str:
     return header + yaml.safe_dump(pinned, sort_keys=False)
 
 
+def _control_vector(
+    tmp: Path, meta: dict[str, Any], vectors: dict[int, torch.Tensor]
+) -> dict[str, Any]:
+    """Write llama.cpp's `control_vector.gguf` when the steering fits that format.
+
+    When it does not (a layer-0 vector, a mode llama.cpp lacks) the rest of the bundle is still
+    written; the reason is logged and recorded in `steering.json`.
+    """
+    hint = model_hint(meta["model"]["model_type"])
+    positions = meta["application"]["positions"]
+    info: dict[str, Any] = {"file": None, "model_hint": hint, "scale": 1.0}
+    try:
+        write_control_vector(
+            tmp / CONTROL_VECTOR,
+            vectors,
+            meta["alpha"],
+            hint,
+            meta["application"].get("mode", "add"),
+        )
+    except ControlVectorError as e:
+        log.warning("no %s in the bundle: %s", CONTROL_VECTOR, e)
+        info["skipped"] = str(e)
+        return info
+    info["file"] = CONTROL_VECTOR
+    if positions != "all":
+        info["note"] = (
+            f"llama.cpp adds the vector at every position; this bundle was tuned with "
+            f"positions={positions}, so llama.cpp output may differ from the measured metrics"
+        )
+    return info
+
+
 def write_bundle(
     worker: Worker, study: optuna.Study, trial: FrozenTrial, out_dir: str | Path
 ) -> Path:
@@ -211,6 +246,7 @@ def write_bundle(
         },
         "package": {"name": "steering-hpo", "version": __version__},
     }
+    meta["model"]["model_type"] = str(getattr(worker.loaded.model.config, "model_type", ""))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -224,12 +260,13 @@ def write_bundle(
             str(vec_path),
             metadata={"trait": trait, "alpha": str(trial.params["alpha"])},
         )
+        meta["control_vector"] = _control_vector(tmp, meta, vectors)
         (tmp / "config.yaml").write_text(_experiment_yaml(cfg, trial))
         (tmp / "README.md").write_text(model_card(meta))
-        meta["sha256"] = {
-            rel: sha256_file(tmp / rel)
-            for rel in (vector_relpath(trait), "config.yaml", "README.md")
-        }
+        files = [vector_relpath(trait), "config.yaml", "README.md"]
+        if meta["control_vector"]["file"]:
+            files.append(CONTROL_VECTOR)
+        meta["sha256"] = {rel: sha256_file(tmp / rel) for rel in files}
         (tmp / STEERING_JSON).write_text(json.dumps(meta, indent=2) + "\n")
         if target.exists():
             old = target.with_name(f".{target.name}.old")

@@ -32,6 +32,7 @@ def model_card(meta: dict[str, Any]) -> str:
     layers = ", ".join(str(x) for x in meta["layers"])
     lo, hi = test["ci95"]
     warnings = "".join(f"> **Warning:** {w}\n\n" for w in meta["metrics"].get("warnings", []))
+    llama_cpp = _llama_cpp(meta)
     return f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
@@ -67,9 +68,37 @@ bundle.alpha = 0.5 * bundle.alpha  # change strength; bundle.enabled = False to 
 Without steering-hpo: `vectors/{meta["trait"]}/steering_vector.safetensors` holds float32 tensors
 `layer.<L>`; add `alpha * tensor` to the output hidden state of decoder block `L`.
 
+{llama_cpp}
 ## Files
 
 - `steering.json`: everything above as data, with sha256 of every file
 - `vectors/{meta["trait"]}/steering_vector.safetensors`: the vector(s) at alpha = 1
 - `config.yaml`: the winning trial as an experiment config
+{"- `control_vector.gguf`: llama.cpp control vector (alpha applied)" if _has_gguf(meta) else ""}
 """
+
+
+def _has_gguf(meta: dict[str, Any]) -> bool:
+    return bool(meta.get("control_vector", {}).get("file"))
+
+
+def _llama_cpp(meta: dict[str, Any]) -> str:
+    """The llama.cpp section: how to use `control_vector.gguf`, or why there is none."""
+    info = meta.get("control_vector")
+    if not info:
+        return ""
+    if not info.get("file"):
+        return f"## llama.cpp\n\nNo `control_vector.gguf`: {info['skipped']}.\n"
+    note = f"\n> **Note:** {info['note']}.\n" if info.get("note") else ""
+    return f"""## llama.cpp
+
+`control_vector.gguf` holds `direction.<L>` = alpha x the vector (alpha = {meta["alpha"]:.4f}
+already applied) for a `{info["model_hint"]}` model; llama.cpp adds `direction.L` to the output
+of block `L` at every position. Use it with a GGUF of the same base model at scale 1.0
+(other scales multiply alpha):
+
+```bash
+llama-cli -m base-model.gguf --control-vector-scaled control_vector.gguf 1.0 -p "..."
+llama-server -m base-model.gguf --control-vector-scaled control_vector.gguf 0.5
+```
+{note}"""
