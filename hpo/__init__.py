@@ -1,7 +1,7 @@
 """steering-hpo: find the best activation-steering configuration for a model and ship it.
 
-Public API: the config schemas, the errors, the vocabulary, the batching helpers shared with
-`objectives/`, and `load_bundle` to apply an exported bundle to a transformers model.
+Public API: the config schemas, the errors, the vocabulary, the batching and KV-cache helpers
+shared with `objectives/`, and `load_bundle` to apply an exported bundle to a transformers model.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from hpo.config import (
     TaskConfig,
 )
 from hpo.errors import TrialFailure, UserError
+from hpo.kv import scratch_cache
 from hpo.vocabulary import AGGREGATIONS, ALPHA_SCALES, METHODS, POSITIONS
 
 __version__ = "0.1.0"
@@ -51,4 +52,5 @@ __all__ = [
     "length_sorted_batches",
     "load_bundle",
     "pad_left",
+    "scratch_cache",
 ]

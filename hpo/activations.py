@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from hpo.batching import length_sorted_batches, pad_left
 from hpo.errors import UserError
+from hpo.kv import scratch_cache
 from hpo.models import LoadedModel
 from hpo.paths import cache_dir
 from hpo.vocabulary import AGGREGATIONS
@@ -127,20 +128,19 @@ def extract_activations(
                 mask[row, : len(c)] = 1
             handles = [b.register_forward_hook(make_hook(i)) for i, b in enumerate(loaded.blocks)]
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), scratch_cache(cache) as extended:
                     model(
                         input_ids=ids.to(device),
                         attention_mask=torch.cat(
                             [prompt_in["attention_mask"], mask.to(device)], 1
                         ),
                         position_ids=next_pos + torch.arange(span, device=device),
-                        past_key_values=cache,
+                        past_key_values=extended,
                         use_cache=True,
                     )
             finally:
                 for h in handles:
                     h.remove()
-                cache.crop(-span)
             assert cache.get_seq_length() == width
             stacked = torch.stack([captured[i] for i in range(n_layers)], dim=1).cpu()
             for row, i in enumerate(batch):

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from hpo import TaskConfig, UserError, length_sorted_batches, pad_left
+from hpo import TaskConfig, UserError, length_sorted_batches, pad_left, scratch_cache
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt
 
@@ -188,9 +188,8 @@ class ChoiceProbability:
                 return model(**inputs, use_cache=False, **keep).logits[:, -1, :].float()
             if prepared.prefix is None:
                 raise RuntimeError("build_prefix must run before scoring with reuse_prefix")
-            cache = prepared.prefix[step]
-            width = cache.get_seq_length()
-            try:
+            # The unsteered prefix goes back to its state for the next trial.
+            with scratch_cache(prepared.prefix[step]) as cache:
                 out = model(
                     input_ids=inputs["input_ids"][:, -1:],
                     attention_mask=inputs["attention_mask"],
@@ -199,10 +198,6 @@ class ChoiceProbability:
                     use_cache=True,
                     **keep,
                 )
-            finally:
-                added = cache.get_seq_length() - width
-                if added:
-                    cache.crop(-added)  # back to the unsteered prefix for the next trial
             return out.logits[:, -1, :].float()
 
     def score(

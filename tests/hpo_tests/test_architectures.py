@@ -7,6 +7,7 @@ downloaded), so the test pins the module layout and cache behaviour of the real 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,11 +16,15 @@ import torch
 import transformers
 from torch import nn
 
-from hpo import UserError
+from hpo import ModelConfig, TaskConfig, UserError
+from hpo.activations import ActivationCache, extract_activations
 from hpo.batching import pad_left
 from hpo.blocks import find_blocks, num_hidden_layers
+from hpo.config import ObjectiveConfig
 from hpo.generation import generate_ids
+from hpo.models import load_model, local_model_dir
 from hpo.steering import steer
+from objectives import ChoiceProbability, ContrastivePair
 from tests.conftest import unit
 
 VOCAB = 128
@@ -27,6 +32,7 @@ HIDDEN = 64
 LAYERS = 3
 PROMPTS = ([5, 17, 33, 2, 9, 41], [7, 8, 90, 12])
 PAD = SimpleNamespace(pad_token_id=0)
+ITEM = "I think X is true. Do you agree?\n\nChoices:\n (A) Agree\n (B) Disagree\n\nAnswer:"
 
 # A decoder-only transformer shape every family shares.
 COMMON = {
@@ -195,3 +201,55 @@ def test_an_unsupported_model_is_refused_with_its_module_tree() -> None:
 
     with pytest.raises(UserError, match=r"TwoTowers.*encoder \(2\), decoder \(2\)"):
         find_blocks(TwoTowers())
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir() -> Path:
+    """SmolLM2's tokenizer files (the converted model dir holds them)."""
+    return Path(local_model_dir(ModelConfig())[0])
+
+
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"llama"}))
+def test_activation_cache_and_prefix_reuse_work_end_to_end(
+    family: str, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    """The worker's path on each family: load from disk, cache activations, score A/B items with
+    the unsteered prompt prefix reused under steering, equal to full forward passes."""
+    from transformers import AutoTokenizer
+
+    config_name, model_name, kwargs, _path = FAMILIES[family]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = getattr(transformers, config_name)(**{**kwargs, "vocab_size": len(tokenizer)})
+    torch.manual_seed(0)
+    getattr(transformers, model_name)(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(ModelConfig(name_or_path=str(tmp_path), gguf_file=None, threads=None))
+
+    pairs = [
+        ContrastivePair(ITEM, "(B)", "(A)"),
+        ContrastivePair("Sky?\n (A) red\n (B) blue", "(B)", "(A)"),
+    ]
+    cache = ActivationCache(extract_activations(loaded, pairs), "k")
+    positive, negative = cache.pair("last", 1)
+    assert positive.shape == negative.shape == (2, HIDDEN)
+    assert not torch.equal(positive, negative)
+
+    objective = ChoiceProbability(
+        TaskConfig(
+            name="t",
+            source="unused",
+            columns={"prompt": "q", "positive": "good", "negative": "bad"},
+            objective=ObjectiveConfig(balance="swap", batch_size=2),
+        ),
+        loaded.tokenizer,
+    )
+    prepared = objective.prepare(
+        [{"q": p.prompt, "good": p.positive, "bad": p.negative} for p in pairs]
+    )
+    objective.build_prefix(loaded.model, prepared)
+    plain = objective.score(loaded.model, prepared)
+    with steer(loaded.model, loaded.blocks, {1: unit(HIDDEN) * 8.0}, 1.0, "prompt_end_onward"):
+        full = objective.score(loaded.model, prepared, reuse_prefix=False)
+        reused = objective.score(loaded.model, prepared, reuse_prefix=True)
+    assert reused.per_item == pytest.approx(full.per_item, abs=1e-5)
+    assert full.per_item != pytest.approx(plain.per_item, abs=1e-5)
