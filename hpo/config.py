@@ -19,6 +19,7 @@ from hpo.errors import UserError
 DTYPES = ("float32", "float16", "bfloat16")
 DIRECTIONS = ("maximize", "minimize")
 BALANCES = ("swap", "none")
+LOGLIKS = ("sum", "mean")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -100,11 +101,20 @@ class ObjectiveConfig:
     batch_size: int = 16
     scorer: str | None = None
     max_new_tokens: int = 32
+    # Generation: cut each continuation at the first of these (and stop once every row has one).
+    stop: list[str] = field(default_factory=list)
+    # Scorer `regex`: the pattern to find (its first group, if any, is the extracted answer).
+    pattern: str | None = None
+    # multiple_choice: an option's log-likelihood summed over its tokens or averaged per token.
+    loglik: str = "mean"
     fluency: FluencyConfig = field(default_factory=FluencyConfig)
 
     def __post_init__(self) -> None:
         _check_choice("task.objective.direction", self.direction, DIRECTIONS)
         _check_choice("task.objective.balance", self.balance, BALANCES)
+        _check_choice("task.objective.loglik", self.loglik, LOGLIKS)
+        if any(not s for s in self.stop):
+            raise UserError(f"task.objective.stop must not hold empty strings, got {self.stop}")
         _at_least("task.objective.batch_size", self.batch_size)
         _at_least("task.objective.max_new_tokens", self.max_new_tokens)
 
@@ -131,6 +141,7 @@ class TaskConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
     def __post_init__(self) -> None:
+        # Other fields ({question}, {options}) are checked against the data in `load_task`.
         if "{prompt}" not in self.prompt_template:
             raise UserError(
                 f"task.prompt_template must contain {{prompt}}, got {self.prompt_template!r}"

@@ -17,11 +17,14 @@ def generate_ids(
     max_new_tokens: int,
     handle: SteeringHandle | None = None,
     use_cache: bool = True,
+    stop_strings: list[str] | None = None,
 ) -> list[list[int]]:
     """Greedy continuations (new token ids only) of left-padded prompts.
 
     When a steering `handle` is active its `prompt_length` is set to the padded prompt width, so
     `prompt_end_onward` / `generated` positions mean the same with and without the KV cache.
+    With `stop_strings` a row stops (and is padded) once its text contains one, and the batch
+    stops when every row has; cut each text at its first stop with `truncate_at_stop`.
     """
     device = next(model.parameters()).device
     inputs = pad_left(prompts_ids, tokenizer.pad_token_id, device)
@@ -37,6 +40,7 @@ def generate_ids(
                 do_sample=False,
                 use_cache=use_cache,
                 pad_token_id=tokenizer.pad_token_id,
+                **({"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}),
             )
     finally:
         if handle is not None:
@@ -53,3 +57,22 @@ def chat_prompt(tokenizer: Any, text: str, chat_template: bool = True) -> str:
             )
         )
     return text
+
+
+def truncate_at_stop(
+    tokenizer: Any, ids: list[int], stop_strings: list[str]
+) -> tuple[list[int], str]:
+    """A continuation cut before its first stop string: (the tokens, the text).
+
+    The tokens are the longest prefix whose text holds no stop string (a token that straddles
+    the stop is dropped); the text is cut exactly at the stop.
+    """
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    hits = [text.find(s) for s in stop_strings if s and s in text]
+    if not hits:
+        return ids, text
+    cut = min(hits)
+    keep = len(ids)
+    while keep > 0 and len(tokenizer.decode(ids[:keep], skip_special_tokens=True)) > cut:
+        keep -= 1
+    return ids[:keep], text[:cut]

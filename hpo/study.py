@@ -24,7 +24,7 @@ from hpo.errors import UserError
 from hpo.models import load_model, read_shape
 from hpo.tasks import TaskSplits, load_task
 from hpo.trial import BASELINE_ATTR, FEASIBLE_ATTR, SteeringObjective, Worker
-from objectives import KINDS, make_objective
+from objectives import check_task, make_objective
 from search_spaces import baseline_params, validate
 from storage import create_storage, default_sqlite_url, mask_url
 
@@ -161,15 +161,7 @@ def check_config(cfg: RunConfig) -> TaskSplits:
     The search space against the model's shape (read from metadata), the objective kind and the
     columns it needs, and the task's data and splits. Returns the loaded splits.
     """
-    kind = cfg.task.objective.kind
-    if kind not in KINDS:
-        raise UserError(f"task.objective.kind must be one of {sorted(KINDS)}, got {kind!r}")
-    missing = [c for c in KINDS[kind].required_columns if c not in cfg.task.columns]
-    if missing:
-        raise UserError(
-            f"task {cfg.task.name!r}: objective {kind} needs task.columns.{missing[0]}, "
-            f"got columns {dict(cfg.task.columns)}"
-        )
+    check_task(cfg.task)
     validate(cfg.search_space, read_shape(cfg.model).num_layers)
     return load_task(cfg.task)
 

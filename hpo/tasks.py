@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import string
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,13 +78,42 @@ def _checked_rows(task: str, source: str, columns: dict[str, str], key: str) -> 
     return rows
 
 
+def _check_template(cfg: TaskConfig, row: Row) -> None:
+    known = {"prompt", *row} | ({"options"} if cfg.objective.kind == "multiple_choice" else set())
+    for _, name, _, _ in string.Formatter().parse(cfg.prompt_template):
+        if name is not None and name not in known:
+            raise UserError(
+                f"task {cfg.name!r}: task.prompt_template names an unknown field {{{name}}}; "
+                f"fields: {sorted(known)}"
+            )
+
+
+def _check_disjoint(cfg: TaskConfig, named: dict[str, list[Row]]) -> None:
+    """Refuse splits sharing a prompt (duplicated rows, or train pairs copied from the items)."""
+    seen: dict[str, str] = {}
+    for split, rows in named.items():
+        column = cfg.columns["prompt"]
+        if split == "train" and cfg.train_source is not None:
+            column = cfg.train_columns.get("prompt", "prompt")
+        for row in rows:
+            text = str(row.get(column, "")).strip()
+            if text in seen and seen[text] != split:
+                raise UserError(
+                    f"task {cfg.name!r}: splits must not overlap, but the {seen[text]} and "
+                    f"{split} splits share the prompt {text[:80]!r}"
+                )
+            seen.setdefault(text, split)
+
+
 def load_task(cfg: TaskConfig) -> TaskSplits:
     """Read, check and split a task's rows.
 
     Raises:
-        UserError: empty source, a missing column, or fewer rows than the splits ask for.
+        UserError: empty source, a missing column, a template naming an unknown field, fewer
+            rows than the splits ask for, or splits that share a prompt.
     """
     rows = _checked_rows(cfg.name, cfg.source, cfg.columns, "columns")
+    _check_template(cfg, rows[0])
     if cfg.limit is not None:
         rows = rows[: cfg.limit]
     sizes = cfg.splits
@@ -112,6 +142,8 @@ def load_task(cfg: TaskConfig) -> TaskSplits:
         order = order[sizes.train :]
     validation = [rows[i] for i in order[: sizes.validation]]
     test = [rows[i] for i in order[sizes.validation : sizes.validation + sizes.test]]
+    if "prompt" in cfg.columns:
+        _check_disjoint(cfg, {"train": train, "validation": validation, "test": test})
     digest = hashlib.sha256(
         json.dumps([train, validation], sort_keys=True, default=str).encode()
     ).hexdigest()

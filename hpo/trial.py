@@ -133,6 +133,12 @@ class SteeringObjective:
             trial.set_user_attr(f"letter_{letter}", round(value, 6))
         for name, value in result.extras.get("fluency", {}).items():
             trial.set_user_attr(name, round(value, 4))
+        for name, count in result.extras.get("counts", {}).items():
+            trial.set_user_attr(
+                name, int(count)
+            )  # e.g. n_unparsed: answers that could not be read
+        if "accuracy" in result.extras:
+            trial.set_user_attr("accuracy", round(float(result.extras["accuracy"]), 6))
         if "constraints" in result.extras:
             # Optuna's constrained optimization: samplers favour feasible trials (all <= 0).
             for name, value in result.extras["constraints"].items():

@@ -8,8 +8,39 @@ from hpo import TaskConfig, UserError
 from objectives._base import ContrastivePair, Objective, Reporter, ScoreResult
 from objectives.choice_probability import ChoiceProbability, rotate_options
 from objectives.generation import Generation
+from objectives.multiple_choice import MultipleChoice
+from objectives.scorers import SCORERS, get_scorer
 
-KINDS: dict[str, Any] = {"choice_probability": ChoiceProbability, "generation": Generation}
+KINDS: dict[str, Any] = {
+    "choice_probability": ChoiceProbability,
+    "generation": Generation,
+    "multiple_choice": MultipleChoice,
+}
+
+
+def check_task(cfg: TaskConfig) -> None:
+    """Check a task's objective before any model loads: kind, its columns, scorer and pattern.
+
+    Raises:
+        UserError: unknown kind or scorer (the message lists the known ones), a missing column
+            role, a scorer that needs `columns.answer` without it, or a bad regex.
+    """
+    kind = cfg.objective.kind
+    if kind not in KINDS:
+        raise UserError(f"task.objective.kind must be one of {sorted(KINDS)}, got {kind!r}")
+    missing = [c for c in KINDS[kind].required_columns if c not in cfg.columns]
+    if missing:
+        raise UserError(
+            f"task {cfg.name!r}: objective {kind} needs task.columns.{missing[0]}, "
+            f"got columns {dict(cfg.columns)}"
+        )
+    if kind == "generation":
+        scorer = get_scorer(cfg.objective.scorer, cfg.objective.pattern)
+        if scorer.needs_reference and "answer" not in cfg.columns:
+            raise UserError(
+                f"task {cfg.name!r}: scorer {cfg.objective.scorer} compares with a gold answer: "
+                f"set task.columns.answer, got columns {dict(cfg.columns)}"
+            )
 
 
 def make_objective(cfg: TaskConfig, tokenizer: Any) -> Objective:
@@ -27,12 +58,15 @@ def make_objective(cfg: TaskConfig, tokenizer: Any) -> Objective:
 
 __all__ = [
     "KINDS",
+    "SCORERS",
     "ChoiceProbability",
     "ContrastivePair",
     "Generation",
+    "MultipleChoice",
     "Objective",
     "Reporter",
     "ScoreResult",
+    "check_task",
     "make_objective",
     "rotate_options",
 ]

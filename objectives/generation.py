@@ -1,8 +1,10 @@
 """Generation objectives: greedy continuations of each prompt, scored by a named scorer.
 
-Batched with left padding, `max_new_tokens` per prompt. The fluency guard measures the steered
-continuations outside the steering context (perplexity under the unsteered model, distinct-2)
-and turns them into Optuna constraints relative to the unsteered baseline.
+Batched with left padding, `max_new_tokens` per prompt, cut at the first `stop` string. Scorers
+that compare with a gold answer (`math`, `exact`, `regex`) read it from `columns.answer`; texts
+whose answer cannot be parsed score 0 and are counted (`n_unparsed`, `n_timeout`). The fluency
+guard measures the steered continuations outside the steering context (perplexity under the
+unsteered model, distinct-2) and turns them into Optuna constraints relative to the baseline.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpo import TaskConfig, length_sorted_batches
-from hpo.generation import generate_ids
+from hpo import TaskConfig, UserError, length_sorted_batches
+from hpo.generation import generate_ids, truncate_at_stop
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.fluency import distinct2, perplexities
+from objectives.math_answer import final_answer, worked_answer
 from objectives.prompts import render_prompt
-from objectives.scorers import get_scorer
+from objectives.scorers import STATUSES, get_scorer
 
 
 @dataclass
@@ -26,6 +29,7 @@ class PreparedPrompts:
     prompts: list[str]
     token_ids: list[list[int]]
     batches: list[list[int]]
+    references: list[str | None] = field(default_factory=list)
     reference: dict[str, float] = field(default_factory=dict)
     baseline: ScoreResult | None = None
 
@@ -40,7 +44,12 @@ class Generation:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.direction = cfg.objective.direction
-        self.scorer = get_scorer(cfg.objective.scorer)
+        self.scorer = get_scorer(cfg.objective.scorer, cfg.objective.pattern)
+        if self.scorer.needs_reference and "answer" not in cfg.columns:
+            raise UserError(
+                f"task {cfg.name!r}: scorer {cfg.objective.scorer} compares with a gold answer: "
+                f"set task.columns.answer, got columns {dict(cfg.columns)}"
+            )
 
     @property
     def constrained(self) -> bool:
@@ -48,19 +57,55 @@ class Generation:
         return self.cfg.objective.fluency.enabled
 
     def train_pairs(self, rows: Sequence[Row]) -> list[ContrastivePair]:
-        """Pairs from `train_columns`: a shared prompt, a positive and a negative continuation."""
+        """Contrastive pairs for the steering vector.
+
+        With a `train_source`: its `train_columns` (a shared prompt, a positive and a negative
+        continuation). Without one, on a task with gold answers: the rendered prompt followed by
+        its worked gold answer (GSM8K's `<<calc>>` marks dropped, `#### N` -> "The answer is
+        N.") vs a bare, confident wrong answer (another train item's final answer).
+        """
+        if self.cfg.train_source is None and "answer" in self.cfg.columns:
+            return self._answer_pairs(rows)
         prompt, pos, neg = (self.cfg.train_columns[k] for k in ("prompt", "positive", "negative"))
         return [ContrastivePair(str(r[prompt]), str(r[pos]), str(r[neg])) for r in rows]
 
+    def _answer_pairs(self, rows: Sequence[Row]) -> list[ContrastivePair]:
+        cols = self.cfg.columns
+        golds = [str(r[cols["answer"]]) for r in rows]
+        finals = [final_answer(g) for g in golds]
+        pairs = []
+        for i, row in enumerate(rows):
+            wrong = next(
+                (
+                    finals[(i + k) % len(rows)]
+                    for k in range(1, len(rows))
+                    if finals[(i + k) % len(rows)] != finals[i]
+                ),
+                None,
+            )
+            if wrong is None:
+                continue
+            prompt = render_prompt(self.cfg, self.tokenizer, str(row[cols["prompt"]]), fields=row)
+            pairs.append(
+                ContrastivePair(prompt, worked_answer(golds[i]), f"The answer is {wrong}.")
+            )
+        if not pairs:
+            raise UserError(
+                f"task {self.cfg.name!r}: train pairs need at least two different gold answers "
+                f"in the train split, got {sorted(set(finals))}"
+            )
+        return pairs
+
     def prepare(self, rows: Sequence[Row]) -> PreparedPrompts:
         """Render and tokenize every prompt once."""
+        cols = self.cfg.columns
         prompts = [
-            render_prompt(self.cfg, self.tokenizer, str(r[self.cfg.columns["prompt"]]))
-            for r in rows
+            render_prompt(self.cfg, self.tokenizer, str(r[cols["prompt"]]), fields=r) for r in rows
         ]
         token_ids = [self.tokenizer.encode(p) for p in prompts]
         batches = length_sorted_batches([len(t) for t in token_ids], self.cfg.objective.batch_size)
-        return PreparedPrompts(prompts, token_ids, batches)
+        refs = [str(r[cols["answer"]]) if "answer" in cols else None for r in rows]
+        return PreparedPrompts(prompts, token_ids, batches, refs)
 
     def _generate(
         self, model: Any, prepared: PreparedPrompts, batch: list[int]
@@ -70,9 +115,16 @@ class Generation:
             self.tokenizer,
             [prepared.token_ids[i] for i in batch],
             self.cfg.objective.max_new_tokens,
+            stop_strings=self.cfg.objective.stop or None,
         )
         eos = self.tokenizer.eos_token_id
         return [row[: row.index(eos)] if eos in row else row for row in raw]
+
+    def _finish(self, ids: list[int]) -> tuple[list[int], str]:
+        """A continuation's tokens and text, cut at the first stop string."""
+        if self.cfg.objective.stop:
+            return truncate_at_stop(self.tokenizer, ids, self.cfg.objective.stop)
+        return ids, self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def score(
         self,
@@ -82,21 +134,36 @@ class Generation:
         reuse_prefix: bool = False,
     ) -> ScoreResult:
         """Mean scorer value of the greedy continuations (kept in `extras` for fluency)."""
-        continuations: list[list[int]] = [[] for _ in prepared.prompts]
-        per_item = [0.0] * len(prepared.prompts)
+        n = len(prepared.prompts)
+        continuations: list[list[int]] = [[] for _ in range(n)]
+        texts, extracted, statuses = [""] * n, [""] * n, ["ok"] * n
+        per_item = [0.0] * n
+        refs = prepared.references or [None] * n
         done: list[float] = []
         for step, batch in enumerate(prepared.batches):
-            for i, ids in zip(batch, self._generate(model, prepared, batch), strict=True):
-                continuations[i] = ids
-                per_item[i] = self.scorer(self.tokenizer.decode(ids, skip_special_tokens=True))
+            for i, raw in zip(batch, self._generate(model, prepared, batch), strict=True):
+                continuations[i], text = self._finish(raw)
+                texts[i] = text.strip()
+                scored = self.scorer(text, refs[i])
+                per_item[i], statuses[i], extracted[i] = (
+                    scored.value,
+                    scored.status,
+                    scored.extracted,
+                )
                 done.append(per_item[i])
             if report is not None:
                 report(step, sum(done) / len(done))
-        texts = [self.tokenizer.decode(c, skip_special_tokens=True).strip() for c in continuations]
+        counts = {f"n_{s}": statuses.count(s) for s in STATUSES if s != "ok"}
         return ScoreResult(
             sum(per_item) / len(per_item),
             per_item,
-            extras={"continuations": continuations, "texts": texts},
+            extras={
+                "continuations": continuations,
+                "texts": texts,
+                "extracted": extracted,
+                "references": refs,
+                "counts": counts,
+            },
         )
 
     def fluency(

@@ -161,6 +161,6 @@ def test_unknown_task_in_a_subprocess_is_one_line_and_exit_2(tmp_path: Path) -> 
     proc = hpo_cli("optimize", "task=nope", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "hpo optimize: error: bad config: unknown task 'nope'; " + (
-        "choices: sentiment, sycophancy"
+        "choices: bbq, gsm8k, sentiment, sycophancy"
     )
     assert not (tmp_path / "outputs").exists(), "a refused run writes nothing"

@@ -72,7 +72,10 @@ def empty_jsonl(tmp_path: Path) -> Path:
 
 
 BAD_INPUTS = [
-    (["optimize", "task=nope"], r"unknown task 'nope'; choices: sentiment, sycophancy"),
+    (
+        ["optimize", "task=nope"],
+        r"unknown task 'nope'; choices: bbq, gsm8k, sentiment, sycophancy",
+    ),
     (
         ["optimize", "search_space.layers.high=31"],
         r"layers must lie in \[0, 29\] for this model, got high=31",

@@ -28,7 +28,10 @@ def test_distinct2_counts_unique_bigrams(ids: list[int], expected: float) -> Non
 def test_sentiment_scorer_orders_obvious_texts() -> None:
     assert sentiment("What a wonderful, happy day!") > 0.5
     assert sentiment("This is a horrible, miserable failure.") < -0.5
-    with pytest.raises(UserError, match=r"scorer must be one of \['sentiment'\], got 'tone'"):
+    with pytest.raises(
+        UserError,
+        match=r"scorer must be one of \['exact', 'math', 'regex', 'sentiment'\], got 'tone'",
+    ):
         get_scorer("tone")
 
 

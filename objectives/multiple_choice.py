@@ -1,0 +1,264 @@
+"""Multiple choice scored by the log-likelihood of each option's text after the prompt.
+
+Columns: `prompt`, `choices` (a list of option texts), `answer` (the correct option: 0-based
+index or letter) and optionally `negative` (the option the train pairs contrast with, e.g. a
+biased answer; default: the option after the correct one). Options are shown to the model as
+lettered lines either through `{options}` in the prompt template or because the prompt already
+has lines `A) ...` / `(A) ...`; then, with `balance: swap`, every item is scored in every cyclic
+order of its options and per-letter scores are returned, so moving a position prior cannot win.
+
+Per item: log-likelihood of `" " + option` for every option (`loglik: sum` over its tokens or
+`mean` per token); accuracy = the correct option has the highest; probability = softmax over the
+options' log-likelihoods at the correct one. The objective value is the mean correct-option
+probability (smooth on a small split); accuracy is reported beside it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hpo import TaskConfig, UserError, length_sorted_batches, pad_left
+from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
+from objectives.prompts import render_prompt, template_fields
+
+LETTERED = re.compile(r"^(?P<indent>[ \t]*)\(?(?P<letter>[A-Z])\)(?P<text>.*)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class McVariant:
+    """One item in one option order: its prompt, the option texts at each letter, the answer."""
+
+    item: int
+    prompt: str
+    options: tuple[str, ...]
+    letters: tuple[str, ...]
+    correct: int
+    wrong: int
+
+
+@dataclass
+class PreparedMc:
+    """A split tokenized once: variants, prompt and option token ids, length-sorted batches."""
+
+    variants: list[McVariant]
+    prompt_ids: list[list[int]]
+    option_ids: list[list[list[int]]]
+    batches: list[list[int]]
+    n_items: int
+
+
+def _index(value: Any, n: int, column: str) -> int:
+    text = str(value).strip().strip("()")
+    if text.lstrip("-").isdigit():
+        index = int(text)
+    elif len(text) == 1 and text.isalpha():
+        index = ord(text.upper()) - ord("A")
+    else:
+        index = -1
+    if not 0 <= index < n:
+        raise UserError(
+            f"column {column!r} must hold an option index in [0, {n - 1}] or a letter, "
+            f"got {value!r}"
+        )
+    return index
+
+
+def _choices(value: Any, column: str) -> list[str]:
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, (list, tuple)) or len(value) < 2:
+        raise UserError(f"column {column!r} must hold a list of >= 2 option texts, got {value!r}")
+    return [str(v).strip() for v in value]
+
+
+class MultipleChoice:
+    """Objective kind `multiple_choice` (see the module docstring)."""
+
+    kind = "multiple_choice"
+    required_columns = ("prompt", "choices", "answer")
+
+    def __init__(self, cfg: TaskConfig, tokenizer: Any) -> None:
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.direction = cfg.objective.direction
+        self.shows_options = "options" in template_fields(cfg.prompt_template)
+
+    def _orders(self, text: str, choices: list[str]) -> list[tuple[str, list[int]]]:
+        """(prompt text, option index at each letter) for every order to score.
+
+        Options already in the prompt as lettered lines are rewritten from `choices` in each
+        order, so the text shown always matches the text scored.
+        """
+        n = len(choices)
+        lines = list(LETTERED.finditer(text))
+        lettered = self.shows_options or len(lines) == n
+        if not lettered or self.cfg.objective.balance == "none":
+            return [(text, list(range(n)))]
+        orders = []
+        for shift in range(n):
+            order = [(i - shift) % n for i in range(n)]
+            if self.shows_options:
+                orders.append((text, order))
+                continue
+            out, last = [], 0
+            for i, m in enumerate(lines):
+                out += [text[last : m.start("text")], " ", choices[order[i]]]
+                last = m.end()
+            orders.append(("".join(out) + text[last:], order))
+        return orders
+
+    def variants(self, rows: Sequence[Row]) -> list[McVariant]:
+        """Every item in every cyclic option order (`swap`, lettered options) or as written."""
+        cols = self.cfg.columns
+        out = []
+        for index, row in enumerate(rows):
+            choices = _choices(row[cols["choices"]], cols["choices"])
+            n = len(choices)
+            answer = _index(row[cols["answer"]], n, cols["answer"])
+            wrong = (answer + 1) % n
+            if "negative" in cols and row.get(cols["negative"]) is not None:
+                negative = _index(row[cols["negative"]], n, cols["negative"])
+                wrong = negative if negative != answer else wrong
+            letters = tuple(chr(ord("A") + i) for i in range(n))
+            for text, order in self._orders(str(row[cols["prompt"]]), choices):
+                shown = "\n".join(f"{letters[i]}) {choices[o]}" for i, o in enumerate(order))
+                fields = {**row, "options": shown}
+                prompt = render_prompt(
+                    self.cfg, self.tokenizer, text, self.cfg.answer_prefix, fields
+                )
+                options = tuple(choices[o] for o in order)
+                out.append(
+                    McVariant(
+                        index, prompt, options, letters, order.index(answer), order.index(wrong)
+                    )
+                )
+        return out
+
+    def train_pairs(self, rows: Sequence[Row]) -> list[ContrastivePair]:
+        """The prompt followed by the correct option's text vs the contrasting option's."""
+        return [
+            ContrastivePair(v.prompt, " " + v.options[v.correct], " " + v.options[v.wrong])
+            for v in self.variants(rows)
+        ]
+
+    def prepare(self, rows: Sequence[Row]) -> PreparedMc:
+        """Tokenize every variant's prompt and options once; batch by prompt length."""
+        variants = self.variants(rows)
+        enc = self.tokenizer.encode
+        prompt_ids = [enc(v.prompt) for v in variants]
+        option_ids = [
+            [enc(" " + o, add_special_tokens=False) for o in v.options] for v in variants
+        ]
+        batches = length_sorted_batches(
+            [len(p) for p in prompt_ids], self.cfg.objective.batch_size
+        )
+        return PreparedMc(variants, prompt_ids, option_ids, batches, len(rows))
+
+    def precompute(self, model: Any, prepared: PreparedMc, prefix: bool) -> None:
+        """Nothing to precompute: every trial re-runs its prompts (steering may touch them)."""
+
+    def _logliks(self, model: Any, prepared: PreparedMc, batch: list[int]) -> list[list[float]]:
+        """Per variant in `batch`, the log-likelihood of each option after the prompt.
+
+        The prompts run once with a KV cache; each option position then runs on top of it
+        (right-padded, so pads come after every real token) and the cache is cropped back.
+        """
+        device = next(model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        inputs = pad_left([prepared.prompt_ids[i] for i in batch], pad, device)
+        with torch.inference_mode():
+            out = model(**inputs, use_cache=True)
+        cache = out.past_key_values
+        width = cache.get_seq_length()
+        first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+        n_opts = max(len(prepared.option_ids[i]) for i in batch)
+        scores: list[list[float]] = [[] for _ in batch]
+        for j in range(n_opts):
+            opts = [
+                prepared.option_ids[i][j] if j < len(prepared.option_ids[i]) else [pad]
+                for i in batch
+            ]
+            length = max(len(o) for o in opts)
+            ids = torch.full((len(batch), length), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), length), dtype=torch.long)
+            for r, o in enumerate(opts):
+                ids[r, : len(o)] = torch.tensor(o)
+                mask[r, : len(o)] = 1
+            start = inputs["position_ids"][:, -1:] + 1
+            positions = start + torch.arange(length, device=device)
+            try:
+                with torch.inference_mode():
+                    logits = model(
+                        input_ids=ids.to(device),
+                        attention_mask=torch.cat([inputs["attention_mask"], mask.to(device)], 1),
+                        position_ids=positions,
+                        past_key_values=cache,
+                        use_cache=True,
+                    ).logits.float()
+            finally:
+                added = cache.get_seq_length() - width
+                if added:
+                    cache.crop(-added)  # back to the prompts for the next option
+            logp = torch.log_softmax(logits, dim=-1)
+            for r, o in enumerate(opts):
+                if j >= len(prepared.option_ids[batch[r]]):
+                    continue
+                total = float(first[r, o[0]])
+                for k in range(1, len(o)):
+                    total += float(logp[r, k - 1, o[k]])
+                mean = self.cfg.objective.loglik == "mean"
+                scores[r].append(total / len(o) if mean else total)
+        return scores
+
+    def score(
+        self,
+        model: Any,
+        prepared: PreparedMc,
+        report: Reporter | None = None,
+        reuse_prefix: bool = False,
+    ) -> ScoreResult:
+        """Mean correct-option probability (softmax over option log-likelihoods), per item
+        averaged over its option orders; accuracy and per-letter scores alongside."""
+        prob = [0.0] * len(prepared.variants)
+        hit = [0.0] * len(prepared.variants)
+        done: list[float] = []
+        for step, batch in enumerate(prepared.batches):
+            for i, ll in zip(batch, self._logliks(model, prepared, batch), strict=True):
+                v = prepared.variants[i]
+                probs = torch.softmax(torch.tensor(ll), dim=0)
+                prob[i] = float(probs[v.correct])
+                hit[i] = float(max(range(len(ll)), key=ll.__getitem__) == v.correct)
+                done.append(prob[i])
+            if report is not None:
+                report(step, sum(done) / len(done))
+        per_item, accuracy = _by_item(prepared, prob), _by_item(prepared, hit)
+        letters: dict[str, list[float]] = {}
+        for v, p in zip(prepared.variants, prob, strict=True):
+            letters.setdefault(v.letters[v.correct], []).append(p)
+        per_letter = {k: sum(x) / len(x) for k, x in sorted(letters.items())}
+        return ScoreResult(
+            sum(per_item) / len(per_item),
+            per_item,
+            per_letter,
+            extras={
+                "accuracy": sum(accuracy) / len(accuracy),
+                "per_item_accuracy": accuracy,
+            },
+        )
+
+
+def _by_item(prepared: PreparedMc, values: list[float]) -> list[float]:
+    lists: list[list[float]] = [[] for _ in range(prepared.n_items)]
+    for v, x in zip(prepared.variants, values, strict=True):
+        lists[v.item].append(x)
+    return [sum(xs) / len(xs) for xs in lists]
