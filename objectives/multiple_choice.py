@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from hpo import TaskConfig, UserError, length_sorted_batches, pad_left
+from hpo import TaskConfig, UserError, length_sorted_batches, pad_left, scratch_cache
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt, template_fields
 
@@ -171,7 +171,7 @@ class MultipleChoice:
         """Per variant in `batch`, the log-likelihood of each option after the prompt.
 
         The prompts run once with a KV cache; each option position then runs on top of it
-        (right-padded, so pads come after every real token) and the cache is cropped back.
+        (right-padded, so pads come after every real token) and the cache is restored.
         """
         device = next(model.parameters()).device
         pad = self.tokenizer.pad_token_id
@@ -179,7 +179,6 @@ class MultipleChoice:
         with torch.inference_mode():
             out = model(**inputs, use_cache=True)
         cache = out.past_key_values
-        width = cache.get_seq_length()
         first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
         n_opts = max(len(prepared.option_ids[i]) for i in batch)
         scores: list[list[float]] = [[] for _ in batch]
@@ -196,19 +195,15 @@ class MultipleChoice:
                 mask[r, : len(o)] = 1
             start = inputs["position_ids"][:, -1:] + 1
             positions = start + torch.arange(length, device=device)
-            try:
-                with torch.inference_mode():
-                    logits = model(
-                        input_ids=ids.to(device),
-                        attention_mask=torch.cat([inputs["attention_mask"], mask.to(device)], 1),
-                        position_ids=positions,
-                        past_key_values=cache,
-                        use_cache=True,
-                    ).logits.float()
-            finally:
-                added = cache.get_seq_length() - width
-                if added:
-                    cache.crop(-added)  # back to the prompts for the next option
+            # the prompts' cache is restored for the next option (copied on sliding windows)
+            with torch.inference_mode(), scratch_cache(cache) as extended:
+                logits = model(
+                    input_ids=ids.to(device),
+                    attention_mask=torch.cat([inputs["attention_mask"], mask.to(device)], 1),
+                    position_ids=positions,
+                    past_key_values=extended,
+                    use_cache=True,
+                ).logits.float()
             logp = torch.log_softmax(logits, dim=-1)
             for r, o in enumerate(opts):
                 if j >= len(prepared.option_ids[batch[r]]):

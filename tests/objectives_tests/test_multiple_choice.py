@@ -4,6 +4,7 @@ every option order is scored (letter-balanced), and the shipped BBQ task scores 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from objectives import make_objective
 from objectives.multiple_choice import MultipleChoice
 from tests.conftest import compose_run
 
-ROWS = [
+ROWS: list[dict[str, Any]] = [
     {
         "text": "Q: Which is a fruit?\nA) an apple\nB) a brick\nC) a cloud\nAnswer:",
         "answers": ["an apple", "a brick", "a cloud"],
@@ -31,7 +32,7 @@ ROWS = [
 ]
 
 
-def _objective(tokenizer: object, **objective: object) -> MultipleChoice:
+def _objective(tokenizer: Any, **objective: Any) -> MultipleChoice:
     task = compose_run("task=bbq").task
     task = dataclasses.replace(task, objective=dataclasses.replace(task.objective, **objective))
     return MultipleChoice(task, tokenizer)
