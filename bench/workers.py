@@ -85,24 +85,42 @@ def real_model_wall_s(workers: int, out: Path) -> tuple[float, float]:
     return wall, span.total_seconds()
 
 
+def real_model_lines(tmp: Path) -> list[str]:
+    """The shipped model's study wall time with 1 and 2 workers, as table lines."""
+    one = real_model_wall_s(1, tmp / "w1")
+    two = real_model_wall_s(2, tmp / "w2")
+    return [
+        "Shipped model, `hpo optimize experiment=smoke study.n_trials=8` (sentiment, no export):",
+        "",
+        "| workers | wall s | trial span s |",
+        "|---|---|---|",
+        f"| 1 | {one[0]:.1f} | {one[1]:.1f} |",
+        f"| 2 | {two[0]:.1f} | {two[1]:.1f} |",
+        "",
+    ]
+
+
 def _fmt(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def main() -> None:
+def main(quick: bool = False) -> None:
+    """Print the tables and rewrite the `workers` section (`quick`: 1 repeat, 1-2 workers)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    repeats = 1 if quick else REPEATS
+    counts = (1, 2) if quick else (1, 2, 4, 8)
     lines: list[str] = []
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         urls = {"sqlite": default_sqlite_url(Path(tmp) / "bench")}
         pg = bindir()
         if pg is not None:
             urls["postgresql"] = stack.enter_context(postgres_server(pg))
-        overhead = {"in-memory": [per_trial_overhead_ms(None) for _ in range(REPEATS)]}
+        overhead = {"in-memory": [per_trial_overhead_ms(None) for _ in range(repeats)]}
         for backend, url in urls.items():
-            overhead[backend] = [per_trial_overhead_ms(url) for _ in range(REPEATS)]
+            overhead[backend] = [per_trial_overhead_ms(url) for _ in range(repeats)]
         lines += [
             "Storage overhead per trial, trivial objective, in-process (median (min-max) of "
-            f"{REPEATS}, ms):",
+            f"{repeats}, ms):",
             "",
             "| storage | ms / trial | x in-memory |",
             "|---|---|---|",
@@ -111,32 +129,26 @@ def main() -> None:
         for backend, values in overhead.items():
             ratio = statistics.median(values) / base
             lines.append(f"| {backend} | {_fmt(values)} | {ratio:.1f} |")
+        head = " | ".join(str(n) for n in counts)
         lines += ["", "Trials / second with N worker processes on one study (80 trials, "
                   "first start to last finish):", "",
-                  "| storage | 1 | 2 | 4 | 8 |", "|---|---|---|---|---|"]  # fmt: skip
+                  f"| storage | {head} |", "|---" * (len(counts) + 1) + "|"]  # fmt: skip
         for backend, url in urls.items():
-            cells = [_fmt([throughput(url, n) for _ in range(REPEATS)]) for n in (1, 2, 4, 8)]
+            cells = [_fmt([throughput(url, n) for _ in range(repeats)]) for n in counts]
             lines.append(f"| {backend} | {' | '.join(cells)} |")
-        one = real_model_wall_s(1, Path(tmp) / "w1")
-        two = real_model_wall_s(2, Path(tmp) / "w2")
+        lines.append("")
+        if not quick:
+            lines += real_model_lines(Path(tmp))
         lines += [
-            "",
-            "Shipped model, `hpo optimize experiment=smoke study.n_trials=8` "
-            "(sentiment, no export):",
-            "",
-            "| workers | wall s | trial span s |",
-            "|---|---|---|",
-            f"| 1 | {one[0]:.1f} | {one[1]:.1f} |",
-            f"| 2 | {two[0]:.1f} | {two[1]:.1f} |",
-            "",
             f"Machine: {os.cpu_count()} CPU cores, {platform.platform()}, Python "
             f"{platform.python_version()}, optuna {optuna.__version__}. "
-            "Command: `python -m bench.workers`.",
+            f"Command: `python -m bench.workers{' --quick' if quick else ''}`.",
         ]
     text = "\n".join(lines)
     print(text)
-    write_section(REPO / "BENCHMARKS.md", "workers", "Workers and storage", text)
+    if not quick:  # a quick check leaves the recorded numbers alone
+        write_section(REPO / "BENCHMARKS.md", "workers", "Workers and storage", text)
 
 
 if __name__ == "__main__":
-    main()
+    main(quick="--quick" in sys.argv[1:])

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -23,6 +23,7 @@ from hpo.config import RunConfig
 from hpo.errors import TrialFailure
 from hpo.methods import build_vector
 from hpo.models import LoadedModel
+from hpo.residual import ResidualCache, SteeredAbove
 from hpo.steering import steer
 from objectives import Objective, ScoreResult
 from search_spaces import suggest
@@ -34,6 +35,8 @@ BASELINE_VALUE_ATTR = "baseline_value"
 FEASIBLE_ATTR = "feasible"
 # Positions whose steering starts at the prompt's last token: the prefix before it is shared.
 PREFIX_POSITIONS = {"prompt_end_onward"}
+# Objectives that only call the model forward on a batch (no generate): `hpo.residual` applies.
+RESIDUAL_KINDS = {"choice_probability"}
 
 
 @dataclass
@@ -45,6 +48,12 @@ class Worker:
     objective: Objective
     cache: ActivationCache
     validation: Any
+    # Block outputs reused by `positions: all` trials of forward-only objectives (None: off).
+    residual: ResidualCache | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.residual is None and self.objective.kind in RESIDUAL_KINDS:
+            self.residual = ResidualCache(self.loaded)
 
     def vectors(self, params: dict[str, Any]) -> dict[int, torch.Tensor]:
         """The vector(s) added at alpha = 1 for a trial's params."""
@@ -76,6 +85,11 @@ class Worker:
         vectors = self.vectors(params) if vectors is None else vectors
         loaded = self.loaded
         reuse = params["positions"] in PREFIX_POSITIONS and getattr(prepared, "prefix", None)
+        residual = self.residual
+        if residual is not None and residual.applies(params, vectors):
+            [(layer, vector)] = vectors.items()
+            stand_in = SteeredAbove(residual, layer, vector, params["alpha"])
+            return self.objective.score(stand_in, prepared, report, False)
         with steer(loaded.model, loaded.blocks, vectors, params["alpha"], params["positions"]):
             result = self.objective.score(loaded.model, prepared, report, bool(reuse))
         if getattr(self.objective, "constrained", False):
