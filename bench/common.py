@@ -97,5 +97,6 @@ def sycophancy(train: int, validation: int, *extra: str) -> Any:
         f"task.splits.train={train}",
         f"task.splits.validation={validation}",
         "search_space.positions=[all,prompt_end_onward]",
+        "pruner=none",  # every trial runs to the end, so every trial has all its timings
         *extra,
     )

@@ -26,7 +26,7 @@ SURFACE = REPO / "bench" / "data" / "surface_sycophancy.csv"
 LAYERS = list(range(3, 28, 2))
 ALPHAS = [round(-1.0 + 0.2 * i, 1) for i in range(11)]
 SEEDS = 20
-MAX_TRIALS = 150
+MAX_TRIALS = len(LAYERS) * len(ALPHAS)  # grid search is sure to finish by then
 THRESHOLDS = (0.99, 0.9)
 
 Surface = dict[tuple[int, float], float]
@@ -97,14 +97,21 @@ def _cell(values: list[int]) -> str:
     if not found:
         return f"> {MAX_TRIALS} (all seeds)"
     q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    text = f"{statistics.median(values):.0f} (IQR {q[0]:.0f}-{q[2]:.0f})"
+    median = statistics.median(values)
+    shown = f"> {MAX_TRIALS}" if median > MAX_TRIALS else f"{median:.0f}"
+    text = f"{shown} (IQR {q[0]:.0f}-{min(q[2], MAX_TRIALS):.0f})"
     return text + (f", {missed} seeds > {MAX_TRIALS}" if missed else "")
 
 
 def main(quick: bool = False) -> None:
     """Print the table of trials-to-target per sampler and rewrite the section."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    surface = load_surface()
+    if not SURFACE.is_file():
+        print(
+            f"no stored surface at {SURFACE}: run `python -m bench.sample_efficiency --regenerate`"
+        )
+        return
+    surface = load_surface(SURFACE)
     values = list(surface.values())
     best, worst = max(values), min(values)
     (best_layer, best_alpha) = max(surface, key=surface.__getitem__)
