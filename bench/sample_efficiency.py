@@ -33,14 +33,16 @@ Surface = dict[tuple[int, float], float]
 
 
 def regenerate(path: Path = SURFACE) -> Surface:
-    """Score every (layer, alpha) grid point with a real trial and write the CSV."""
+    """Score every (layer, alpha) grid point with a real trial; resumes a partial CSV."""
     from hpo.study import prepare_worker
 
+    surface = load_surface(path) if path.is_file() else {}
     worker = prepare_worker(sycophancy(70, 20, "search_space.positions=[prompt_end_onward]"))
-    surface: Surface = {}
     started = time.perf_counter()
     for layer in LAYERS:
         for alpha in ALPHAS:
+            if (layer, alpha) in surface:
+                continue
             params = {
                 "layer": layer,
                 "alpha": alpha,
@@ -49,7 +51,12 @@ def regenerate(path: Path = SURFACE) -> Surface:
                 "positions": "prompt_end_onward",
             }
             surface[(layer, alpha)] = worker.score(params, worker.validation).value
+        _write(path, surface)  # after every layer, so an interrupted run resumes
         print(f"layer {layer} done ({time.perf_counter() - started:.0f} s)", flush=True)
+    return surface
+
+
+def _write(path: Path, surface: Surface) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -57,7 +64,6 @@ def regenerate(path: Path = SURFACE) -> Surface:
         for (layer, alpha), value in sorted(surface.items()):
             writer.writerow([layer, alpha, f"{value:.8f}"])
     tmp.replace(path)
-    return surface
 
 
 def load_surface(path: Path = SURFACE) -> Surface:
@@ -106,7 +112,7 @@ def _cell(values: list[int]) -> str:
 def main(quick: bool = False) -> None:
     """Print the table of trials-to-target per sampler and rewrite the section."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if not SURFACE.is_file():
+    if not SURFACE.is_file() or len(load_surface(SURFACE)) < len(LAYERS) * len(ALPHAS):
         print(
             f"no stored surface at {SURFACE}: run `python -m bench.sample_efficiency --regenerate`"
         )
