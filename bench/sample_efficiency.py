@@ -72,8 +72,8 @@ def load_surface(path: Path = SURFACE) -> Surface:
         return {(int(r["layer"]), float(r["alpha"])): float(r["score"]) for r in csv.DictReader(f)}
 
 
-def trials_to_reach(sampler: optuna.samplers.BaseSampler, surface: Surface, target: float) -> int:
-    """Trials until the best value seen is >= target (MAX_TRIALS + 1 when never)."""
+def best_curve(sampler: optuna.samplers.BaseSampler, surface: Surface, stop: float) -> list[float]:
+    """Best value after each trial, until it reaches `stop` or MAX_TRIALS trials ran."""
     study = optuna.create_study(direction="maximize", sampler=sampler)
 
     def objective(trial: optuna.Trial) -> float:
@@ -81,11 +81,16 @@ def trials_to_reach(sampler: optuna.samplers.BaseSampler, surface: Surface, targ
         alpha = trial.suggest_categorical("alpha", ALPHAS)
         return surface[(layer, alpha)]
 
-    for n in range(1, MAX_TRIALS + 1):
+    curve: list[float] = []
+    while len(curve) < MAX_TRIALS and (not curve or curve[-1] < stop):
         study.optimize(objective, n_trials=1)
-        if study.best_value >= target:
-            return n
-    return MAX_TRIALS + 1
+        curve.append(study.best_value)
+    return curve
+
+
+def trials_to_reach(curve: list[float], target: float) -> int:
+    """The first trial whose best value is >= target (MAX_TRIALS + 1 when none)."""
+    return next((i + 1 for i, v in enumerate(curve) if v >= target), MAX_TRIALS + 1)
 
 
 def _samplers(seed: int) -> dict[str, optuna.samplers.BaseSampler]:
@@ -126,12 +131,11 @@ def main(quick: bool = False) -> None:
     targets = {f"{t:.0%} of optimum": t * best for t in THRESHOLDS}
     targets |= {f"{t:.0%} of range": worst + t * (best - worst) for t in THRESHOLDS}
     results: dict[str, dict[str, list[int]]] = {k: {} for k in targets}
-    for label, target in targets.items():
-        for seed in range(seeds):
-            for name, sampler in _samplers(seed).items():
-                results[label].setdefault(name, []).append(
-                    trials_to_reach(sampler, surface, target)
-                )
+    for seed in range(seeds):
+        for name, sampler in _samplers(seed).items():
+            curve = best_curve(sampler, surface, max(targets.values()))
+            for label, target in targets.items():
+                results[label].setdefault(name, []).append(trials_to_reach(curve, target))
     names = list(_samplers(0))
     lines = [
         f"Surface: layers {LAYERS[0]}-{LAYERS[-1]} step {LAYERS[1] - LAYERS[0]} x alpha "
