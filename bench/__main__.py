@@ -1,9 +1,9 @@
 """Run every benchmark module in order: `python -m bench [--quick] [names...]` (`make bench`).
 
 Each module prints its tables and rewrites its own section of BENCHMARKS.md. `--quick` runs the
-same code on smaller sizes and fewer repeats (a check that everything works, ~2 minutes); its
-sections say so in their command line. A module whose optional dependency is missing is skipped
-with a note, and one that fails does not stop the others (the exit code says it failed).
+same code on smaller sizes and fewer repeats (a check that everything works, minutes); it
+prints only and leaves BENCHMARKS.md alone. A module whose optional dependency is missing is
+skipped with a note, and one that fails does not stop the others (the exit code says it failed).
 """
 
 from __future__ import annotations
