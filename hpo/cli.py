@@ -27,6 +27,8 @@ verbs:
   worker     join an existing study (same storage.url + study.name) and run trials
   export     best trial (or export.trial=K) -> bundle, with held-out test metrics
   status     trials by state, baseline, best, failures
+  report     plots of the study: PNG files + report.html (report.dir=...)
+  dashboard  optuna-dashboard on the study's storage, on 127.0.0.1 (dashboard.port=...)
   generate   bundle=DIR prompt="..." : unsteered vs steered completions
 
 --cfg prints the composed config and exits. Examples:
@@ -144,6 +146,8 @@ def _verbs() -> dict[str, tuple[str, Callable[[DictConfig, Sequence[str]], int]]
         "worker": ("hpo", verbs.worker),
         "export": ("hpo", verbs.export),
         "status": ("hpo", verbs.status),
+        "report": ("hpo", verbs.report),
+        "dashboard": ("hpo", verbs.dashboard),
         "generate": ("generate", verbs.generate),
     }
 

@@ -229,6 +229,25 @@ class ExportConfig:
 
 
 @dataclass
+class ReportConfig:
+    """`hpo report`: where the PNG files and `report.html` go."""
+
+    dir: str = "report"
+
+
+@dataclass
+class DashboardConfig:
+    """`hpo dashboard`: where optuna-dashboard listens (it has no authentication)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"dashboard.port must lie in [0, 65535], got {self.port}")
+
+
+@dataclass
 class RunConfig:
     """The whole configuration of `hpo optimize`, `hpo export` and `hpo status`."""
 
@@ -240,6 +259,10 @@ class RunConfig:
     pruner: dict[str, Any] = field(default_factory=dict)
     study: StudyConfig = field(default_factory=StudyConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    # Trial artifacts (the best trials' vector, per-item CSV, plot); null = none uploaded.
+    artifacts_dir: str | None = None
     output_dir: str = "outputs"
     log_level: str = "INFO"
     workers: int = 1

@@ -114,6 +114,7 @@ def open_study(cfg: RunConfig, create: bool = True, join: bool = True) -> optuna
     if stored is None:
         study.set_user_attr(CONFIG_ATTR, record)
         study.set_user_attr("optuna_version", optuna.__version__)
+        _describe(study, cfg)
         if cfg.study.baseline:
             study.enqueue_trial(
                 baseline_params(cfg.search_space),
@@ -136,6 +137,19 @@ def open_study(cfg: RunConfig, create: bool = True, join: bool = True) -> optuna
     return study
 
 
+def _describe(study: optuna.Study, cfg: RunConfig) -> None:
+    """Name the objective and write the study note, for optuna-dashboard."""
+    from hpo.note import refresh_note
+    from hpo.report import metric_label
+
+    if len(study.directions) == 1 and not study.metric_names:
+        objective = cfg.task.objective
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.set_metric_names([metric_label(objective.kind, objective.scorer)])
+    refresh_note(study)
+
+
 def stored_config(study: optuna.Study) -> dict[str, Any]:
     """The resolved config a study was created with."""
     record = study.user_attrs.get(CONFIG_ATTR)
@@ -151,6 +165,9 @@ def prepare_worker(cfg: RunConfig, task: TaskSplits | None = None) -> Worker:
     objective = make_objective(cfg.task, loaded.tokenizer)
     cache = load_or_build(loaded, objective.train_pairs(task.train))
     worker = Worker(cfg, loaded, objective, cache, None)
+    column = cfg.task.columns.get("prompt")
+    if column:
+        worker.prompts = [str(row[column]) for row in task.validation]
     worker.validation = worker.prepare(task.validation)
     return worker
 

@@ -50,6 +50,10 @@ class Worker:
     validation: Any
     # Block outputs reused by `positions: all` trials of forward-only objectives (None: off).
     residual: ResidualCache | None = field(default=None)
+    # The validation split's prompt texts and, once this worker ran it, the baseline's per-item
+    # scores: what the best trials' artifacts (per-item CSV and plot) show beside their own.
+    prompts: list[str] | None = None
+    baseline_items: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.residual is None and self.objective.kind in RESIDUAL_KINDS:
@@ -106,6 +110,11 @@ class SteeringObjective:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.host = socket.gethostname()
+        self.store: Any = None
+        if worker.cfg.artifacts_dir:
+            from hpo.artifacts import artifact_store
+
+            self.store = artifact_store(worker.cfg.artifacts_dir)
 
     def __call__(self, trial: optuna.Trial) -> float:
         worker = self.worker
@@ -169,6 +178,9 @@ class SteeringObjective:
         if delta is not None:
             trial.set_user_attr("delta_vs_baseline", round(delta, 6))
         feasible = trial.user_attrs.get(FEASIBLE_ATTR)
+        if is_baseline:
+            worker.baseline_items = list(result.per_item)
+        self._publish(trial, vectors, result, is_baseline, feasible is not False)
         log.info(
             "trial %d: %s -> %.4f%s%s in %.2fs (vector %.1f ms)",
             trial.number,
@@ -180,6 +192,42 @@ class SteeringObjective:
             (built - started) * 1000,
         )
         return result.value
+
+    def _publish(
+        self,
+        trial: optuna.Trial,
+        vectors: dict[int, torch.Tensor],
+        result: ScoreResult,
+        is_baseline: bool,
+        feasible: bool,
+    ) -> None:
+        """For the dashboard: a new best uploads its artifacts; the study note is refreshed."""
+        from hpo.artifacts import is_best_so_far, upload_best
+        from hpo.note import refresh_note
+        from hpo.report import metric_label
+
+        study = trial.study
+        if len(study.directions) != 1:
+            return
+        best = None
+        if not is_baseline and feasible and is_best_so_far(study, trial.number, result.value):
+            best = {"number": trial.number, "value": result.value, "params": trial.params}
+            if self.store is not None:
+                objective = self.worker.cfg.task.objective
+                try:
+                    upload_best(
+                        self.store,
+                        trial,
+                        vectors,
+                        result,
+                        self.worker.prompts,
+                        self.worker.baseline_items,
+                        metric_label(objective.kind, objective.scorer),
+                    )
+                except (OSError, ValueError, RuntimeError) as e:
+                    log.warning("trial %d: artifacts not uploaded: %s", trial.number, e)
+        if is_baseline or best is not None:
+            refresh_note(study, best)
 
 
 def format_params(params: dict[str, Any]) -> str:

@@ -142,6 +142,48 @@ def status(raw: DictConfig, args: Sequence[str] = ()) -> int:
     return 0
 
 
+def report(raw: DictConfig, args: Sequence[str] = ()) -> int:
+    """`hpo report`: the study's plots as PNG files and one self-contained HTML page."""
+    from hpo.report import metric_label, write_report
+    from hpo.status import render_status
+    from hpo.study import open_study, storage_url, stored_config
+    from storage import mask_url
+
+    cfg = to_run_config(raw)
+    study = open_study(cfg, create=False, join=False)
+    record = stored_config(study)
+    objective = record["task"]["objective"]
+    label = metric_label(objective["kind"], objective.get("scorer"))
+    lines = render_status(study, mask_url(storage_url(cfg))).splitlines()
+    paths = write_report(
+        study, cfg.report.dir, label, record["search_space"]["alpha_scale"], lines
+    )
+    for name, path in paths.items():
+        print(f"{name:<13}{path}")
+    return 0
+
+
+def dashboard(raw: DictConfig, args: Sequence[str] = ()) -> int:
+    """`hpo dashboard`: optuna-dashboard on the study's storage, with its artifact store."""
+    from hpo.dashboard import serve
+    from hpo.note import refresh_note
+    from hpo.study import open_study, storage_url
+    from storage import create_storage, mask_url
+
+    cfg = to_run_config(raw)
+    url = storage_url(cfg)
+    study = open_study(cfg, create=False, join=False)
+    refresh_note(study)  # current baseline and best in the note
+    serve(
+        create_storage(cfg.storage, url),
+        cfg.dashboard.host,
+        cfg.dashboard.port,
+        cfg.artifacts_dir,
+        mask_url(url),
+    )
+    return 0
+
+
 def generate(raw: DictConfig, args: Sequence[str] = ()) -> int:
     """`hpo generate`: a bundle's unsteered vs steered completions, side by side."""
     from hpo.bundle import load_bundle
