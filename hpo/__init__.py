@@ -23,6 +23,7 @@ from hpo.config import (
 )
 from hpo.errors import TrialFailure, UserError
 from hpo.kv import scratch_cache
+from hpo.progress import progress
 from hpo.vocabulary import AGGREGATIONS, ALPHA_SCALES, METHODS, POSITIONS
 
 __version__ = "0.1.0"
@@ -52,5 +53,6 @@ __all__ = [
     "length_sorted_batches",
     "load_bundle",
     "pad_left",
+    "progress",
     "scratch_cache",
 ]

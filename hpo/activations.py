@@ -25,6 +25,7 @@ from hpo.errors import UserError
 from hpo.kv import scratch_cache
 from hpo.models import LoadedModel
 from hpo.paths import cache_dir
+from hpo.progress import progress
 from hpo.vocabulary import AGGREGATIONS
 from objectives import ContrastivePair
 
@@ -111,7 +112,8 @@ def extract_activations(
         return hook
 
     model, device = loaded.model, loaded.device
-    for batch in length_sorted_batches([len(p) for p in prompts], batch_size):
+    batches = length_sorted_batches([len(p) for p in prompts], batch_size)
+    for batch in progress(batches, "caching activations"):
         prompt_in = pad_left([prompts[i] for i in batch], tok.pad_token_id, device)
         with torch.inference_mode():
             cache = model(**prompt_in, use_cache=True).past_key_values

@@ -91,6 +91,28 @@ class Bundle:
                 f"{layers} layers"
             )
 
+    def load_model(self, device: str = "auto") -> tuple[Any, Any]:
+        """The base model this bundle was made for and its tokenizer, as `(model, tokenizer)`.
+
+        Uses the bundle's `model` record (a Hub id, a directory, or `pkg://` data; a GGUF file is
+        converted once to a cached safetensors copy). Any transformers model with the same
+        architecture and weights works as well.
+        """
+        from hpo.config import ModelConfig
+        from hpo.models import load_model
+
+        m = self.meta["model"]
+        loaded = load_model(
+            ModelConfig(
+                name_or_path=m["name_or_path"],
+                gguf_file=m.get("gguf_file"),
+                revision=m.get("revision"),
+                dtype=m.get("dtype", "float32"),
+                device=device,
+            )
+        )
+        return loaded.model, loaded.tokenizer
+
     @contextmanager
     def apply(self, model: Any) -> Iterator[SteeringHandle]:
         """Steer `model` while the context is open; hooks are removed on exit."""

@@ -237,7 +237,11 @@ def write_bundle(
         "alpha": trial.params["alpha"],
         "alpha_scale": cfg.search_space.alpha_scale,
         "metrics": metrics,
-        "objective": {"kind": cfg.task.objective.kind, "direction": cfg.task.objective.direction},
+        "objective": {
+            "kind": cfg.task.objective.kind,
+            "direction": cfg.task.objective.direction,
+            "scorer": cfg.task.objective.scorer,
+        },
         "study": {
             "name": study.study_name,
             "trial": trial.number,

@@ -16,18 +16,32 @@ def model_card(meta: dict[str, Any]) -> str:
     model = meta["model"]
     val, test = meta["metrics"]["validation"], meta["metrics"]["test"]
     base = model["name_or_path"] + (f" ({model['gguf_file']})" if model.get("gguf_file") else "")
+    metric = meta["objective"].get("scorer") or meta["objective"]["kind"]
     front = {
         "base_model": model["name_or_path"],
         "library_name": "transformers",
         "tags": ["steering", "activation-steering", meta["method"], "optuna", meta["trait"]],
-        "metrics": {
-            "objective": meta["objective"]["kind"],
-            "validation_steered": val["steered"],
-            "validation_baseline": val["baseline"],
-            "test_steered": test["steered"],
-            "test_baseline": test["baseline"],
-            "test_n": test["n"],
-        },
+        "metrics": [metric],
+        "model-index": [
+            {
+                "name": f"steering-{meta['trait']}-{meta['method']}-layer{meta['layers'][0]}",
+                "results": [
+                    {
+                        "task": {"type": "activation-steering", "name": meta["trait"]},
+                        "dataset": {"type": meta["trait"], "name": meta["trait"], "split": split},
+                        "metrics": [
+                            {"type": metric, "name": f"{split}, steered", "value": m["steered"]},
+                            {
+                                "type": metric,
+                                "name": f"{split}, unsteered",
+                                "value": m["baseline"],
+                            },
+                        ],
+                    }
+                    for split, m in (("validation", val), ("test", test))
+                ],
+            }
+        ],
     }
     layers = ", ".join(str(x) for x in meta["layers"])
     lo, hi = test["ci95"]

@@ -27,7 +27,11 @@ CHARTS = {"history", "layer_alpha", "importances", "intermediate", "pareto"}
 # What the number means, by scorer or objective kind: axis labels carry the unit.
 METRIC_LABELS = {
     "choice_probability": "P(target answer), 0-1",
+    "multiple_choice": "P(correct option), 0-1",
     "sentiment": "mean VADER compound, -1 to 1",
+    "math": "accuracy (math-verify), 0-1",
+    "exact": "exact-match accuracy, 0-1",
+    "regex": "regex-match rate, 0-1",
 }
 
 

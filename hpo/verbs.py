@@ -189,6 +189,7 @@ def generate(raw: DictConfig, args: Sequence[str] = ()) -> int:
     from hpo.bundle import load_bundle
     from hpo.generation import chat_prompt, generate_ids
     from hpo.models import load_model
+    from hpo.progress import progress
 
     gen = to_generate_config(raw)
     prompts = [gen.prompt] if gen.prompt else []
@@ -214,9 +215,14 @@ def generate(raw: DictConfig, args: Sequence[str] = ()) -> int:
     )
     tok = loaded.tokenizer
     ids = [tok.encode(chat_prompt(tok, p, gen.chat_template)) for p in prompts]
-    plain = generate_ids(loaded.model, tok, ids, gen.max_new_tokens)
-    with bundle.apply(loaded.model) as handle:
-        steered = generate_ids(loaded.model, tok, ids, gen.max_new_tokens, handle)
+    plain: list[list[int]] = []
+    steered: list[list[int]] = []
+    for which in progress(("unsteered", "steered"), "generating", unit="pass"):
+        if which == "unsteered":
+            plain = generate_ids(loaded.model, tok, ids, gen.max_new_tokens)
+            continue
+        with bundle.apply(loaded.model) as handle:
+            steered = generate_ids(loaded.model, tok, ids, gen.max_new_tokens, handle)
     for prompt, a, b in zip(prompts, plain, steered, strict=True):
         print(f"=== prompt: {prompt}")
         print(f"--- unsteered:\n{tok.decode(a, skip_special_tokens=True).strip()}")

@@ -17,7 +17,14 @@ from typing import Any
 
 import torch
 
-from hpo import TaskConfig, UserError, length_sorted_batches, pad_left, scratch_cache
+from hpo import (
+    TaskConfig,
+    UserError,
+    length_sorted_batches,
+    pad_left,
+    progress,
+    scratch_cache,
+)
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt
 
@@ -214,7 +221,7 @@ class ChoiceProbability:
         """
         variant_scores = [math.nan] * len(prepared.variants)
         done: list[float] = []
-        for step, batch in enumerate(prepared.batches):
+        for step, batch in enumerate(progress(prepared.batches, "scoring")):
             logits = self._last_logits(model, prepared, step, reuse_prefix)
             for row, i in enumerate(batch):
                 v = prepared.variants[i]

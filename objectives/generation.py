@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpo import TaskConfig, UserError, length_sorted_batches
+from hpo import TaskConfig, UserError, length_sorted_batches, progress
 from hpo.generation import generate_ids, truncate_at_stop
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.fluency import distinct2, perplexities
@@ -140,7 +140,7 @@ class Generation:
         per_item = [0.0] * n
         refs = prepared.references or [None] * n
         done: list[float] = []
-        for step, batch in enumerate(prepared.batches):
+        for step, batch in enumerate(progress(prepared.batches, "generating")):
             for i, raw in zip(batch, self._generate(model, prepared, batch), strict=True):
                 continuations[i], text = self._finish(raw)
                 texts[i] = text.strip()

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from hpo import TaskConfig, UserError, length_sorted_batches, pad_left, scratch_cache
+from hpo import TaskConfig, UserError, length_sorted_batches, pad_left, progress, scratch_cache
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt, template_fields
 
@@ -227,7 +227,7 @@ class MultipleChoice:
         prob = [0.0] * len(prepared.variants)
         hit = [0.0] * len(prepared.variants)
         done: list[float] = []
-        for step, batch in enumerate(prepared.batches):
+        for step, batch in enumerate(progress(prepared.batches, "scoring")):
             for i, ll in zip(batch, self._logliks(model, prepared, batch), strict=True):
                 v = prepared.variants[i]
                 probs = torch.softmax(torch.tensor(ll), dim=0)
