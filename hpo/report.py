@@ -72,7 +72,11 @@ def _names(study: optuna.Study, label: str) -> list[str]:
     names = study.metric_names
     if names:
         return list(names)
-    return [label] if len(study.directions) == 1 else [f"objective {i}" for i in study.directions]
+    return (
+        [label]
+        if len(study.directions) == 1
+        else [f"objective {i}" for i in range(len(study.directions))]
+    )
 
 
 def history(study: optuna.Study, label: str) -> Any:
@@ -221,8 +225,16 @@ def pareto(steered: optuna.Study, label: str) -> Any:
     """The Pareto front of a multi-objective study (2 or 3 objectives)."""
     from optuna.visualization.matplotlib import plot_pareto_front
 
-    names = _names(steered, label)
+    names = [
+        f"{name} ({direction.name.lower()})"
+        for name, direction in zip(_names(steered, label), steered.directions, strict=True)
+    ]
     ax = plot_pareto_front(steered, target_names=names)
+    legend = ax.get_legend()
+    if legend is not None:
+        for text in legend.texts:
+            if text.get_text() == "Best Trial":
+                text.set_text("Pareto-optimal trial")
     _title(ax, "Pareto front (steered trials)")
     return ax.figure
 

@@ -104,3 +104,23 @@ def test_single_batch_studies_get_no_intermediate_chart() -> None:
         trial.report(value, 0)
         study.tell(trial, value)
     assert "intermediate" not in figures(study, "score", "absolute")
+
+
+def test_multi_objective_study_gets_a_pareto_front(tmp_path: Path) -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"], study_name="mo")
+    for score, kl in ((0.1, 0.05), (0.5, 0.4), (0.4, 0.9)):
+        trial = study.ask()
+        trial.suggest_int("layer", 1, 9)
+        trial.suggest_float("alpha", 0.0, 1.2)
+        study.tell(trial, [score, kl])
+    figs = figures(study, "validation score", "relative")
+    assert {"history", "layer_alpha", "pareto"} <= set(figs)
+    ax = figs["pareto"].axes[0]
+    assert ax.get_title() == "Pareto front (steered trials)"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == (
+        "objective 0 (maximize)",
+        "objective 1 (minimize)",
+    )
+    assert "Pareto-optimal trial" in [t.get_text() for t in ax.get_legend().texts]
+    paths = write_report(study, tmp_path, "validation score", "relative", ["mo"])
+    assert paths["pareto"].read_bytes().startswith(PNG_MAGIC)
