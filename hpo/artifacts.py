@@ -86,6 +86,7 @@ def plot_scores(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     order = sorted(range(len(per_item)), key=lambda i: per_item[i])
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -107,6 +108,7 @@ def plot_scores(
         )
     ax.set_title(f"Trial {number}: per-item validation scores (sorted)")
     ax.set_xlabel("validation item (sorted by steered score)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(label)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()

@@ -38,7 +38,8 @@ def test_metric_label_names_the_unit() -> None:
         "validation score (mean VADER compound, -1 to 1)"
     )
     assert metric_label("choice_probability", None) == "validation score (P(target answer), 0-1)"
-    assert metric_label("generation", "math") == "validation score (math score)"
+    assert metric_label("generation", "math") == "validation score (accuracy (math-verify), 0-1)"
+    assert metric_label("new_kind", None) == "validation score (new_kind score)"
 
 
 def test_every_chart_has_a_title_and_axis_labels(study: optuna.Study) -> None:
