@@ -8,9 +8,9 @@ only: on average about half of a forward pass per trial over a layer range in th
 
 It works by handing the model's own forward `inputs_embeds` with its block list cut to the blocks
 above `L`, so rotary positions, the left-padding attention mask and the head are the model's own
-code. Architectures whose forward changes `inputs_embeds` (Gemma scales them) would not match:
-the first use compares the cached path with a full forward bit for bit and turns itself off
-(with a log line) when they differ.
+code. Architectures whose forward changes `inputs_embeds` (GPT-2 adds position embeddings) would
+not match: the first use compares the cached path with a full forward bit for bit and turns itself
+off (with a log line) when they differ. Llama, Qwen2, Mistral, Gemma 2/3, NeoX, Phi take it.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from hpo.steering import steer
 from hpo.study import prepare_worker
 from hpo.trial import Worker
 from tests.conftest import compose_run, tiny_overrides
+from tests.hpo_tests.test_architectures import FAMILIES, _build
 
 
 def _worker(*overrides: str) -> Worker:
@@ -102,3 +104,25 @@ def test_a_model_whose_forward_changes_inputs_embeds_falls_back_to_full_passes()
     assert residual.exact is False
     assert not residual.applies({"positions": "all"}, {1: vector})
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_scores_the_same_above_the_layer_or_falls_back(family: str) -> None:
+    model, _path = _build(family)
+    blocks = find_blocks(model)
+    config: Any = model.config
+    hidden = config.get_text_config().hidden_size
+    loaded = LoadedModel(
+        model, None, blocks, ModelShape(4, hidden, family), "x", torch.device("cpu")
+    )
+    residual = ResidualCache(loaded)
+    inputs = pad_left([[5, 17, 33, 2, 9, 11], [7, 8, 3]], 0)
+    vector = torch.randn(hidden, generator=torch.Generator().manual_seed(1))
+    args = (inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"])
+    got = SteeredAbove(residual, 1, vector, 2.0)(*args).logits
+    with steer(model, blocks, {1: vector}, 2.0, "all"), torch.inference_mode():
+        want = model(**inputs, use_cache=False).logits
+    assert torch.equal(got, want)
+    # GPT-2 adds position embeddings to `inputs_embeds`, so it alone takes the full-forward path.
+    assert residual.exact is (family != "gpt2")
+    assert model.get_submodule(_path) is blocks
