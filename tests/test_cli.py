@@ -164,3 +164,169 @@ def test_unknown_task_in_a_subprocess_is_one_line_and_exit_2(tmp_path: Path) -> 
         "choices: bbq, gsm8k, sentiment, sycophancy"
     )
     assert not (tmp_path / "outputs").exists(), "a refused run writes nothing"
+
+
+def test_generate_reads_prompts_from_a_file_and_alpha_zero_changes_nothing(
+    smoke_run: dict[str, Any], tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Tell me about a new job.\n\nDescribe a rainy day.\n")
+    proc = hpo_cli(
+        "generate",
+        f"bundle={smoke_run['dir'] / 'bundle'}",
+        f"prompts_file={prompts}",
+        "alpha=0",
+        "max_new_tokens=10",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    blocks = proc.stdout.split("=== prompt: ")[1:]
+    assert [b.splitlines()[0] for b in blocks] == [
+        "Tell me about a new job.",
+        "Describe a rainy day.",
+    ]
+    for block in blocks:
+        unsteered = block.split("--- unsteered:\n")[1].split("\n--- steered")[0]
+        steered = block.split("--- steered (alpha=0.000")[1].split(":\n", 1)[1].strip()
+        assert unsteered.strip() == steered  # alpha = 0 is the unsteered model exactly
+
+
+def test_report_writes_pngs_and_html(smoke_run: dict[str, Any]) -> None:
+    proc = hpo_cli("report", "experiment=smoke", f"output_dir={smoke_run['dir']}", cwd=Path("."))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = smoke_run["dir"] / "report"
+    assert f"history      {report / 'history.png'}" in proc.stdout
+    for name in ("history", "layer_alpha", "importances"):
+        assert (report / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    assert (report / "report.html").read_text().count("data:image/png;base64,") >= 3
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_dashboard_shows_study_trials_attrs_artifacts_and_note_in_a_browser(
+    smoke_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """Debian's chromium driven by Playwright; the screenshots are kept as test artifacts in
+    `$HPO_TEST_ARTIFACTS` (default: <tmp>/steering-hpo-test-artifacts)."""
+    import shutil
+    import tempfile
+    import time
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    out = f"output_dir={smoke_run['dir']}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hpo",
+            "dashboard",
+            "experiment=smoke",
+            out,
+            f"dashboard.port={port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    default = Path(tempfile.gettempdir()) / "steering-hpo-test-artifacts"
+    keep = Path(os.environ.get("HPO_TEST_ARTIFACTS") or default)
+    keep.mkdir(parents=True, exist_ok=True)
+    study = optuna.load_study(
+        study_name="smoke", storage=f"sqlite:///{smoke_run['dir'] / 'study.db'}"
+    )
+    meta = json.loads((smoke_run["dir"] / "bundle" / "steering.json").read_text())
+    best = meta["study"]["trial"]  # the best feasible steered trial: it uploaded artifacts
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/studies", timeout=5).read()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert time.monotonic() < deadline, "dashboard did not start in 120 s"
+                time.sleep(1)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=["--no-sandbox", "--disable-background-networking"],
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{base}/dashboard/")
+            page.get_by_text("smoke").first.wait_for(timeout=30_000)
+            assert "Direction: MAXIMIZE" in page.inner_text("body")
+
+            page.goto(f"{base}/dashboard/studies/1/trials")
+            page.get_by_text("Trial 0 (trial_id=1)").wait_for(timeout=30_000)
+            listing = page.inner_text("body")
+            for t in study.trials:
+                assert f"Trial {t.number}\n" in listing
+            page.get_by_text(f"Trial {best}", exact=True).first.click()
+            page.get_by_text(f"Trial {best} (trial_id=").wait_for(timeout=30_000)
+            page.get_by_text(f"trial{best}_validation_scores.png").first.wait_for(timeout=30_000)
+            detail = page.inner_text("body")
+            trial = study.trials[best]
+            for name, value in trial.params.items():
+                assert f"{name} {value}" in detail
+            for attr in ("delta_vs_baseline", "vector_norm", "time_score_s", "device", "worker"):
+                assert f"{attr} {trial.user_attrs[attr]}" in detail
+            for suffix in ("steering_vector.safetensors", "validation_scores.csv"):
+                assert f"trial{best}_{suffix}" in detail
+            page.screenshot(path=str(tmp_path / "dashboard_trial.png"), full_page=True)
+
+            page.goto(f"{base}/dashboard/studies/1/note")
+            page.get_by_text("Steering study smoke").wait_for(timeout=30_000)
+            note = page.inner_text("body")
+            assert "SmolLM2-135M-Instruct.Q4_1.gguf" in note
+            assert f"baseline\t{study.trials[0].value:.4f}" in note
+            assert "hpo export output_dir=" in note
+            page.screenshot(path=str(tmp_path / "dashboard_note.png"), full_page=True)
+
+            page.goto(f"{base}/dashboard/studies/1")
+            page.get_by_text("Hyperparameter Importance").first.wait_for(timeout=30_000)
+            page.wait_for_timeout(2000)  # let the plots draw before the screenshot
+            assert "validation score (mean VADER compound, -1 to 1)" in page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "dashboard_study.png"), full_page=True)
+            browser.close()
+        for shot in tmp_path.glob("dashboard_*.png"):
+            assert shot.stat().st_size > 20_000
+            shutil.copy(shot, keep / shot.name)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_readme_python_example_runs_on_a_real_bundle(
+    smoke_run: dict[str, Any], tmp_path: Path
+) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = re.search(r"```python\n(import hpo\n.*?)```", readme, re.S)
+    assert found, "README lost its hpo.load_bundle example"
+    code = found.group(1)
+    assert 'hpo.load_bundle("outputs/demo/bundle")' in code
+    (tmp_path / "outputs" / "demo").mkdir(parents=True)
+    (tmp_path / "outputs" / "demo" / "bundle").symlink_to(smoke_run["dir"] / "bundle")
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    steered = re.search(r"^steered: {3}(.+)$", proc.stdout, re.M)
+    unsteered = re.search(r"^unsteered: (.+)$", proc.stdout, re.M)
+    assert steered and unsteered, proc.stdout
+    assert steered.group(1).strip() != unsteered.group(1).strip()
