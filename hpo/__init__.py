@@ -10,8 +10,10 @@ from hpo.batching import length_sorted_batches, pad_left
 from hpo.bundle import Bundle, BundleError, load_bundle
 from hpo.config import (
     ExportConfig,
+    ExportRule,
     FluencyConfig,
     GenerateConfig,
+    KLConfig,
     ModelConfig,
     ObjectiveConfig,
     RunConfig,
@@ -37,8 +39,10 @@ __all__ = [
     "Bundle",
     "BundleError",
     "ExportConfig",
+    "ExportRule",
     "FluencyConfig",
     "GenerateConfig",
+    "KLConfig",
     "ModelConfig",
     "ObjectiveConfig",
     "RunConfig",

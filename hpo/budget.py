@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -21,6 +21,9 @@ from optuna.trial import TrialState
 from hpo.errors import TrialFailure, UserError
 
 log = logging.getLogger(__name__)
+
+# A trial's result: one value, or one per objective of a multi-objective study.
+Objective = Callable[[optuna.Trial], float | Sequence[float]]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CLAIMING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -61,12 +64,10 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def budgeted(
-    objective: Callable[[optuna.Trial], float], n_trials: int
-) -> Callable[[optuna.Trial], float]:
+def budgeted(objective: Objective, n_trials: int) -> Objective:
     """Wrap an objective so a trial created past the budget fails before doing any work."""
 
-    def run(trial: optuna.Trial) -> float:
+    def run(trial: optuna.Trial) -> float | Sequence[float]:
         try:
             check_claim(trial.study, trial.number, n_trials)
             return objective(trial)
@@ -85,7 +86,7 @@ def budgeted(
 
 def run_trials(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: Objective,
     n_trials: int,
     max_consecutive_failures: int = 10,
 ) -> None:

@@ -92,6 +92,35 @@ class FluencyConfig:
 
 
 @dataclass
+class KLConfig:
+    """KL divergence of the steered model's next-token distributions from the unsteered model's.
+
+    Measured on `n_prompts` neutral prompts from `source` (validation: the first `n_prompts`
+    rows, held-out test: the next `n_prompts`), teacher-forced on the unsteered model's greedy
+    `max_new_tokens`-token continuation; the value is KL(steered || unsteered) in nats, averaged
+    over every continuation position (up to and including EOS) of every prompt. `max` (tau) makes
+    `kl <= tau` an Optuna constraint: trials above it are infeasible and never exported.
+    """
+
+    enabled: bool = True
+    source: str = "pkg://conf/data/neutral_prompts.jsonl"
+    column: str = "prompt"
+    n_prompts: int = 12
+    max_new_tokens: int = 16
+    max: float | None = None
+
+    def __post_init__(self) -> None:
+        _at_least("task.objective.kl.n_prompts", self.n_prompts)
+        _at_least("task.objective.kl.max_new_tokens", self.max_new_tokens)
+        if self.max is not None and not (math.isfinite(self.max) and self.max > 0):
+            raise UserError(f"task.objective.kl.max must be a number > 0 or null, got {self.max}")
+        if self.max is not None and not self.enabled:
+            raise UserError(
+                f"task.objective.kl.max={self.max} needs task.objective.kl.enabled=true"
+            )
+
+
+@dataclass
 class ObjectiveConfig:
     """How a steered model is scored on the validation split."""
 
@@ -108,6 +137,11 @@ class ObjectiveConfig:
     # multiple_choice: an option's log-likelihood summed over its tokens or averaged per token.
     loglik: str = "mean"
     fluency: FluencyConfig = field(default_factory=FluencyConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    # What the study optimizes: `[]` = the objective's score alone; two or more names
+    # (`[score, kl]`, `[accuracy, tokens:minimize]`) make a multi-objective study whose first
+    # metric is the main value. Checked against the known metrics in `hpo.metrics`.
+    metrics: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_choice("task.objective.direction", self.direction, DIRECTIONS)
@@ -220,12 +254,35 @@ class StudyConfig:
 
 
 @dataclass
+class ExportRule:
+    """Which trial of the Pareto front (or of the feasible trials) `hpo export` picks.
+
+    Exactly one of `maximize` / `minimize` names the metric to optimize; `where` maps metric
+    names to conditions (`"<= 0.5"`, `"> 0"`) every candidate must meet, e.g.
+    `{maximize: score, where: {kl: "<= 0.5"}}`.
+    """
+
+    maximize: str | None = None
+    minimize: str | None = None
+    where: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.maximize is None) == (self.minimize is None):
+            raise UserError(
+                "export.rule needs exactly one of maximize / minimize, got "
+                f"maximize={self.maximize!r}, minimize={self.minimize!r}"
+            )
+
+
+@dataclass
 class ExportConfig:
-    """Where the bundle goes and which trial it holds (`trial: null` = the best steered trial)."""
+    """Where the bundle goes and which trial it holds (`trial: null` = the best steered trial,
+    or the trial `rule` picks)."""
 
     dir: str = "bundle"
     trial: int | None = None
     enabled: bool = True
+    rule: ExportRule | None = None
 
 
 @dataclass

@@ -26,11 +26,14 @@ from hpo.config import RunConfig
 from hpo.control_vector import FILENAME as CONTROL_VECTOR
 from hpo.control_vector import ControlVectorError, model_hint, write_control_vector
 from hpo.errors import UserError
+from hpo.metrics import Metric, metric_values
 from hpo.model_card import model_card
+from hpo.selection import Rule, front_record, pick_by_rule, values_of
 from hpo.stats import bootstrap_diff_ci
 from hpo.tasks import load_task
 from hpo.trial import (
     BASELINE_ATTR,
+    BASELINE_METRICS_ATTR,
     BASELINE_VALUE_ATTR,
     FEASIBLE_ATTR,
     Worker,
@@ -39,11 +42,14 @@ from hpo.trial import (
 log = logging.getLogger(__name__)
 
 
-def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
-    """`export.trial` if given, else the best COMPLETE steered (non-baseline) trial.
+def pick_trial(study: optuna.Study, number: int | None, rule: Rule | None = None) -> FrozenTrial:
+    """`export.trial` if given, else the trial `rule` picks (see `hpo.selection`), else the best
+    COMPLETE feasible steered (non-baseline) trial (multi-objective: best main metric on
+    the front).
 
     Raises:
-        UserError: the named trial does not exist or did not complete, or nothing completed.
+        UserError: the named trial does not exist or did not complete, or nothing completed, or
+            no trial satisfies the rule.
     """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if number is not None:
@@ -59,6 +65,12 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
             f"export.trial must be a COMPLETE trial of study {study.study_name!r}, got {number}; "
             f"complete trials: {[t.number for t in complete]}"
         )
+    if rule is not None:
+        return pick_by_rule(study, rule)
+    if len(study.directions) > 1:
+        names = study.metric_names or ["score"]
+        main = Metric(names[0], study.directions[0].name.lower())
+        return pick_by_rule(study, Rule(main))
     steered = [t for t in complete if not t.user_attrs.get(BASELINE_ATTR)]
     feasible = [t for t in steered if t.user_attrs.get(FEASIBLE_ATTR, True)]
     if not feasible:
@@ -71,17 +83,40 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     return (max if maximize else min)(steered, key=lambda t: float(t.value))  # type: ignore[arg-type]
 
 
+def _compare(
+    steered: dict[str, float],
+    baseline: dict[str, float],
+    steered_items: dict[str, list[float]],
+    baseline_items: dict[str, list[float]],
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """Per metric: steered, baseline, difference, n and (paired items on both sides) a 95% CI."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in steered.items():
+        entry: dict[str, Any] = {"steered": value, "baseline": baseline.get(name)}
+        if entry["baseline"] is not None:
+            entry["difference"] = value - entry["baseline"]
+        a, b = steered_items.get(name), baseline_items.get(name)
+        if a and b and len(a) == len(b):
+            entry["n"] = len(a)
+            entry["ci95"] = list(bootstrap_diff_ci(a, b, seed=seed))
+        out[name] = entry
+    return out
+
+
 def measure(worker: Worker, trial: FrozenTrial, study: optuna.Study) -> dict[str, Any]:
-    """Validation (from the study) and held-out test metrics, steered vs unsteered."""
-    objective = worker.objective
+    """Validation (from the study) and held-out test metrics, steered vs unsteered.
+
+    `steered` / `baseline` are the objective's score; `metrics` holds every named metric
+    (score, kl, tokens, fluency) with its baseline and, on the test split, n and a bootstrap 95%
+    interval of the difference where per-item values exist.
+    """
     test_rows = load_task(worker.cfg.task).test()
     prepared = worker.prepare(test_rows)
-    steered = worker.score(trial.params, prepared)
-    baseline = getattr(prepared, "baseline", None)  # generation keeps its unsteered run
-    if baseline is None:
-        reuse = getattr(prepared, "prefix", None) is not None
-        baseline = objective.score(worker.loaded.model, prepared, reuse_prefix=reuse)
-    lo, hi = bootstrap_diff_ci(steered.per_item, baseline.per_item, seed=worker.cfg.study.seed)
+    steered = worker.score(trial.params, prepared, split="test")
+    baseline = worker.baseline_result(prepared, "test")
+    seed = worker.cfg.study.seed
+    lo, hi = bootstrap_diff_ci(steered.per_item, baseline.per_item, seed=seed)
     per_letter_val = {
         k[len("letter_") :]: v for k, v in trial.user_attrs.items() if k.startswith("letter_")
     }
@@ -96,25 +131,33 @@ def measure(worker: Worker, trial: FrozenTrial, study: optuna.Study) -> dict[str
                 test_rows[:3], baseline.extras["texts"], steered.extras["texts"], strict=False
             )
         ]
+    constraints = steered.extras.get("constraints", {})
+    feasible = all(v <= 0 for v in constraints.values())
     if "fluency" in steered.extras:
-        feasible = all(v <= 0 for v in steered.extras["constraints"].values())
         extra["fluency"] = {
             "steered": steered.extras["fluency"],
             "baseline": getattr(prepared, "reference", {}),
             "feasible": feasible,
         }
-        if not feasible:
-            warnings.append(
-                f"on the test split the winner breaks the fluency constraints "
-                f"{steered.extras['constraints']}"
-            )
+    if not feasible:
+        warnings.append(f"on the test split the winner breaks the constraints {constraints}")
+    val_metrics = values_of(trial)
+    val_base = study.user_attrs.get(BASELINE_METRICS_ATTR) or {}
+    test_metrics = _compare(
+        metric_values(steered.value, steered.metrics),
+        metric_values(baseline.value, baseline.metrics),
+        {"score": steered.per_item, **steered.metric_items},
+        {"score": baseline.per_item, **baseline.metric_items},
+        seed,
+    )
     return {
         "warnings": warnings,
         "validation": {
-            "steered": trial.value,
-            "baseline": study.user_attrs.get(BASELINE_VALUE_ATTR),
+            "steered": val_metrics.get("score", trial.values[0] if trial.values else None),
+            "baseline": val_base.get("score", study.user_attrs.get(BASELINE_VALUE_ATTR)),
             "n": worker.cfg.task.splits.validation,
             "per_letter": per_letter_val,
+            "metrics": _compare(val_metrics, val_base, {}, {}, seed),
         },
         "test": {
             "steered": steered.value,
@@ -123,6 +166,7 @@ def measure(worker: Worker, trial: FrozenTrial, study: optuna.Study) -> dict[str
             "difference": steered.value - baseline.value,
             "ci95": [lo, hi],
             "per_letter": test_letters,
+            "metrics": test_metrics,
             **extra,
         },
     }
@@ -208,10 +252,34 @@ def _control_vector(
     return info
 
 
+def selection_record(study: optuna.Study, trial: FrozenTrial, rule: Rule | None) -> dict[str, Any]:
+    """How the winner was chosen: the study's metrics, the rule and (multi-objective) the front."""
+    names = study.metric_names or ["score"]
+    record: dict[str, Any] = {
+        "metrics": [
+            {"name": n, "direction": d.name.lower()}
+            for n, d in zip(names, study.directions, strict=True)
+        ],
+        "rule": None if rule is None else rule.record(),
+        "trial": trial.number,
+    }
+    if len(study.directions) > 1:
+        record["front"] = front_record(study)
+    return record
+
+
 def write_bundle(
-    worker: Worker, study: optuna.Study, trial: FrozenTrial, out_dir: str | Path
+    worker: Worker,
+    study: optuna.Study,
+    trial: FrozenTrial,
+    out_dir: str | Path,
+    rule: Rule | None = None,
 ) -> Path:
-    """Score the winner on the test split and write the bundle directory atomically."""
+    """Score the winner on the test split and write the bundle directory atomically.
+
+    `rule` is the export rule that picked `trial` (recorded in `steering.json`'s `selection`
+    with the Pareto front of a multi-objective study).
+    """
     cfg = worker.cfg
     target = Path(out_dir).expanduser().resolve()
     vectors = worker.vectors(trial.params)
@@ -242,6 +310,7 @@ def write_bundle(
             "direction": cfg.task.objective.direction,
             "scorer": cfg.task.objective.scorer,
         },
+        "selection": selection_record(study, trial, rule),
         "study": {
             "name": study.study_name,
             "trial": trial.number,

@@ -12,6 +12,14 @@ from hpo.study import summary
 from hpo.trial import BASELINE_ATTR, format_params
 
 
+def _directions(study: optuna.Study) -> str:
+    names = study.metric_names
+    dirs = [d.name.lower() for d in study.directions]
+    if names is None:
+        return ", ".join(dirs)
+    return ", ".join(f"{n} ({d})" for n, d in zip(names, dirs, strict=True))
+
+
 def render_status(study: optuna.Study, url: str) -> str:
     """Trials by state, baseline, best so far, running and failed trials with reasons."""
     trials = study.get_trials(deepcopy=False)
@@ -19,7 +27,7 @@ def render_status(study: optuna.Study, url: str) -> str:
     info = summary(study)
     lines = [
         f"study     {study.study_name}  ({url})",
-        f"direction {study.direction.name.lower()}",
+        f"direction {_directions(study)}",
         "trials    "
         + ", ".join(f"{state.name} {counts.get(state.name, 0)}" for state in TrialState),
     ]
@@ -36,6 +44,18 @@ def render_status(study: optuna.Study, url: str) -> str:
             f"best      feasible trial {info['best_trial']}: {info['best_value']:.4f}{delta}  "
             f"{format_params(info['best_params'])}"
         )
+    if info["front"] is not None:
+        lines.append(
+            f"pareto    {len(info['front'])} feasible trials on the front "
+            "(`hpo export` picks one by export.rule)"
+        )
+        names = study.metric_names or [f"v{i}" for i in range(len(study.directions))]
+        by_number = {t.number: t for t in trials}
+        for number in info["front"]:
+            t = by_number[number]
+            values = " ".join(f"{n}={v:.4f}" for n, v in zip(names, t.values or [], strict=False))
+            tag = " (baseline)" if t.user_attrs.get(BASELINE_ATTR) else ""
+            lines.append(f"  trial {number}{tag}: {values}  {format_params(t.params)}")
     now = time.time()
     for t in trials:
         if t.state == TrialState.RUNNING:

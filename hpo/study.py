@@ -14,6 +14,7 @@ import optuna
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.exceptions import ExperimentalWarning
+from optuna.pruners import NopPruner
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
@@ -21,7 +22,9 @@ from hpo import budget
 from hpo.activations import load_or_build
 from hpo.config import RunConfig
 from hpo.errors import UserError
+from hpo.metrics import study_metrics
 from hpo.models import load_model, read_shape
+from hpo.selection import parse_rule
 from hpo.tasks import TaskSplits, load_task
 from hpo.trial import BASELINE_ATTR, FEASIBLE_ATTR, SteeringObjective, Worker
 from objectives import check_task, make_objective
@@ -94,7 +97,16 @@ def open_study(cfg: RunConfig, create: bool = True, join: bool = True) -> optuna
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # TPE's `group` is experimental
         sampler = instantiate(OmegaConf.create(_seeded(cfg))) if cfg.sampler else None
-    pruner = instantiate(OmegaConf.create(cfg.pruner)) if cfg.pruner else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # WilcoxonPruner is experimental
+        pruner = instantiate(OmegaConf.create(cfg.pruner)) if cfg.pruner else None
+    metrics = study_metrics(cfg.task.objective)
+    if len(metrics) > 1 and pruner is not None and not isinstance(pruner, NopPruner):
+        log.info(
+            "pruning disabled: Optuna does not prune multi-objective studies (metrics %s)",
+            [m.name for m in metrics],
+        )
+        pruner = NopPruner()
     if not create:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         if cfg.study.name not in names:
@@ -106,12 +118,15 @@ def open_study(cfg: RunConfig, create: bool = True, join: bool = True) -> optuna
         storage=storage,
         sampler=sampler,
         pruner=pruner,
-        direction=StudyDirection[cfg.task.objective.direction.upper()],
+        directions=[StudyDirection[m.direction.upper()] for m in metrics],
         load_if_exists=True,
     )
     record = config_record(cfg)
     stored = study.user_attrs.get(CONFIG_ATTR)
     if stored is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.set_metric_names([m.name for m in metrics])
         study.set_user_attr(CONFIG_ATTR, record)
         study.set_user_attr("optuna_version", optuna.__version__)
         _describe(study, cfg)
@@ -180,6 +195,7 @@ def check_config(cfg: RunConfig) -> TaskSplits:
     """
     check_task(cfg.task)
     validate(cfg.search_space, read_shape(cfg.model).num_layers)
+    parse_rule(cfg.export.rule, cfg.task.objective)  # checks the metrics too
     return load_task(cfg.task)
 
 
@@ -189,7 +205,11 @@ def run_trials(study: optuna.Study, worker: Worker, n_trials: int) -> None:
 
 
 def summary(study: optuna.Study) -> dict[str, Any]:
-    """Baseline and best steered value of a study, as plain numbers."""
+    """Baseline and best steered value of a study, as plain numbers.
+
+    Multi-objective: `best_*` is the feasible steered trial best on the first (main) metric and
+    `front` lists the Pareto front (feasible trials only, the baseline included when on it).
+    """
     baseline = study.user_attrs.get("baseline_value")
     steered = [
         t
@@ -197,13 +217,19 @@ def summary(study: optuna.Study) -> dict[str, Any]:
         if not t.user_attrs.get(BASELINE_ATTR)
     ]
     feasible = [t for t in steered if t.user_attrs.get(FEASIBLE_ATTR, True)]
-    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
-    best = max(feasible, key=lambda t: sign * float(t.value or 0.0)) if feasible else None
+    multi = len(study.directions) > 1
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+
+    def main(t: optuna.trial.FrozenTrial) -> float:
+        return float((t.values or [0.0])[0])
+
+    best = max(feasible, key=lambda t: sign * main(t)) if feasible else None
     return {
         "n_feasible": len(feasible),
         "n_infeasible": len(steered) - len(feasible),
         "baseline": baseline,
-        "best_value": None if best is None else best.value,
+        "best_value": None if best is None else main(best),
         "best_trial": None if best is None else best.number,
         "best_params": None if best is None else best.params,
+        "front": [t.number for t in study.best_trials] if multi else None,
     }

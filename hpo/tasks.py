@@ -12,7 +12,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpo.config import TaskConfig
+from hpo.config import KLConfig, TaskConfig
 from hpo.errors import UserError
 from hpo.paths import PKG_SCHEME, resolve_source
 
@@ -148,3 +148,22 @@ def load_task(cfg: TaskConfig) -> TaskSplits:
         json.dumps([train, validation], sort_keys=True, default=str).encode()
     ).hexdigest()
     return TaskSplits(train, validation, test, digest)
+
+
+def kl_prompts(cfg: KLConfig, split: str) -> list[str]:
+    """The neutral prompts the KL side metric uses on a split (disjoint for validation / test).
+
+    Raises:
+        UserError: unknown split, a missing column, or fewer than 2 x `n_prompts` rows.
+    """
+    if split not in ("validation", "test"):
+        raise UserError(f"KL prompts exist for validation and test, got split {split!r}")
+    rows = _checked_rows("kl", cfg.source, {"prompt": cfg.column}, "objective.kl")
+    need = 2 * cfg.n_prompts
+    if len(rows) < need:
+        raise UserError(
+            f"task.objective.kl.source {cfg.source!r} has {len(rows)} rows, "
+            f"kl.n_prompts={cfg.n_prompts} needs {need} (validation + test)"
+        )
+    start = 0 if split == "validation" else cfg.n_prompts
+    return [str(r[cfg.column]) for r in rows[start : start + cfg.n_prompts]]

@@ -12,6 +12,7 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,18 +21,25 @@ import torch
 
 from hpo.activations import ActivationCache
 from hpo.config import RunConfig
-from hpo.errors import TrialFailure
+from hpo.errors import TrialFailure, UserError
+from hpo.generation import chat_prompt
 from hpo.methods import build_vector
+from hpo.metrics import SCORE, metric_values, pick_values, study_metrics
 from hpo.models import LoadedModel
 from hpo.residual import ResidualCache, SteeredAbove
 from hpo.steering import steer
+from hpo.tasks import kl_prompts
 from objectives import Objective, ScoreResult
+from objectives.kl import KLReference, build_reference, kl_per_prompt
 from search_spaces import suggest
 
 log = logging.getLogger(__name__)
 
 BASELINE_ATTR = "baseline"
 BASELINE_VALUE_ATTR = "baseline_value"
+# Every named metric of the baseline trial (study attr) / of a trial (trial attr), as a dict.
+BASELINE_METRICS_ATTR = "baseline_metrics"
+METRICS_ATTR = "metrics"
 FEASIBLE_ATTR = "feasible"
 # Positions whose steering starts at the prompt's last token: the prefix before it is shared.
 PREFIX_POSITIONS = {"prompt_end_onward"}
@@ -54,6 +62,8 @@ class Worker:
     # scores: what the best trials' artifacts (per-item CSV and plot) show beside their own.
     prompts: list[str] | None = None
     baseline_items: list[float] | None = None
+    # Unsteered KL reference per split ("validation", "test"), built on first use.
+    kl: dict[str, KLReference] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.residual is None and self.objective.kind in RESIDUAL_KINDS:
@@ -78,30 +88,93 @@ class Worker:
         self.objective.precompute(self.loaded.model, prepared, prefix)
         return prepared
 
+    def kl_reference(self, split: str) -> KLReference | None:
+        """The unsteered KL reference of a split's neutral prompts (None when KL is off).
+
+        Must be called outside any steering context: it runs the unsteered model.
+        """
+        kl_cfg = self.cfg.task.objective.kl
+        if not kl_cfg.enabled:
+            return None
+        if split not in self.kl:
+            tok = self.loaded.tokenizer
+            ids = [
+                tok.encode(chat_prompt(tok, text, self.cfg.task.chat_template))
+                for text in kl_prompts(kl_cfg, split)
+            ]
+            self.kl[split] = build_reference(
+                self.loaded.model,
+                tok,
+                ids,
+                kl_cfg.max_new_tokens,
+                self.cfg.task.objective.batch_size,
+            )
+        return self.kl[split]
+
     def score(
         self,
         params: dict[str, Any],
         prepared: Any,
         report: Any = None,
         vectors: dict[int, torch.Tensor] | None = None,
+        split: str = "validation",
     ) -> ScoreResult:
-        """Score a prepared split with the params' steering applied."""
+        """Score a prepared split with the params' steering applied, plus the side metrics.
+
+        `split` picks the KL prompts (validation or the disjoint held-out test set).
+        """
         vectors = self.vectors(params) if vectors is None else vectors
         loaded = self.loaded
         reuse = params["positions"] in PREFIX_POSITIONS and getattr(prepared, "prefix", None)
+        kl_ref = self.kl_reference(split)
         residual = self.residual
         if residual is not None and residual.applies(params, vectors):
             [(layer, vector)] = vectors.items()
             stand_in = SteeredAbove(residual, layer, vector, params["alpha"])
-            return self.objective.score(stand_in, prepared, report, False)
-        with steer(loaded.model, loaded.blocks, vectors, params["alpha"], params["positions"]):
-            result = self.objective.score(loaded.model, prepared, report, bool(reuse))
+            result = self.objective.score(stand_in, prepared, report, False)
+            if kl_ref is not None:
+                with steer(
+                    loaded.model, loaded.blocks, vectors, params["alpha"], params["positions"]
+                ) as handle:
+                    self._add_kl(result, kl_ref, handle)
+        else:
+            with steer(
+                loaded.model, loaded.blocks, vectors, params["alpha"], params["positions"]
+            ) as handle:
+                result = self.objective.score(loaded.model, prepared, report, bool(reuse))
+                if kl_ref is not None:
+                    self._add_kl(result, kl_ref, handle)
+        constraints: dict[str, float] = {}
         if getattr(self.objective, "constrained", False):
             # Unsteered now: fluency is judged by the model we started from.
             measured = self.objective.fluency(loaded.model, prepared, result)  # type: ignore[attr-defined]
             result.extras["fluency"] = measured
-            result.extras["constraints"] = self.objective.constraints(prepared, measured)  # type: ignore[attr-defined]
+            result.metrics.update(measured)
+            constraints.update(self.objective.constraints(prepared, measured))  # type: ignore[attr-defined]
+        kl_max = self.cfg.task.objective.kl.max
+        if kl_max is not None and "kl" in result.metrics:
+            constraints["kl"] = result.metrics["kl"] - kl_max
+        if constraints:
+            result.extras["constraints"] = constraints
         return result
+
+    def _add_kl(self, result: ScoreResult, kl_ref: KLReference, handle: Any) -> None:
+        items = kl_per_prompt(self.loaded.model, kl_ref, handle)
+        result.metrics["kl"] = sum(items) / len(items)
+        result.metric_items["kl"] = items
+
+    def baseline_result(self, prepared: Any, split: str) -> ScoreResult:
+        """The unsteered result of a prepared split, side metrics included (KL is 0 by
+        definition: the unsteered model against itself)."""
+        baseline = getattr(prepared, "baseline", None)  # generation keeps its unsteered run
+        if baseline is None:
+            reuse = getattr(prepared, "prefix", None) is not None
+            baseline = self.objective.score(self.loaded.model, prepared, reuse_prefix=reuse)
+        kl_ref = self.kl_reference(split)
+        if kl_ref is not None and "kl" not in baseline.metrics:
+            baseline.metrics["kl"] = 0.0
+            baseline.metric_items["kl"] = [0.0] * kl_ref.n_prompts
+        return baseline
 
 
 class SteeringObjective:
@@ -115,8 +188,13 @@ class SteeringObjective:
             from hpo.artifacts import artifact_store
 
             self.store = artifact_store(worker.cfg.artifacts_dir)
+        self.metrics = study_metrics(worker.cfg.task.objective)
+        self.multi = len(self.metrics) > 1
+        # Intermediate values are the score's: pruning needs a single objective that is the score.
+        self.prunable = not self.multi and self.metrics[0].name == SCORE
+        self._warned_no_items = False
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         worker = self.worker
         trial.set_user_attr("worker", f"{self.host}:{os.getpid()}")
         trial.set_user_attr("device", str(worker.loaded.device))
@@ -127,7 +205,33 @@ class SteeringObjective:
             log.warning("trial %d failed: %s", trial.number, e)
             raise
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _reporter(self, trial: optuna.Trial, is_baseline: bool) -> Any:
+        """The per-batch callback: running means for the median pruner, items for Wilcoxon."""
+        per_item = isinstance(trial.study.pruner, optuna.pruners.WilcoxonPruner)
+
+        def report(step: int, value: float, items: Mapping[int, float] | None = None) -> None:
+            if not self.prunable:
+                return
+            if per_item:
+                if items is None:
+                    if not self._warned_no_items:
+                        log.warning(
+                            "pruner=wilcoxon needs per-item reports, objective kind %r gives "
+                            "none: no pruning",
+                            self.worker.objective.kind,
+                        )
+                        self._warned_no_items = True
+                    return
+                for item, item_value in items.items():
+                    trial.report(item_value, item)  # step = the item's id, the same every trial
+            else:
+                trial.report(value, step)
+            if not is_baseline and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at batch {step} with running value {value:.4f}")
+
+        return report
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         worker = self.worker
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR, False))
         with warnings.catch_warnings():
@@ -138,13 +242,10 @@ class SteeringObjective:
         vectors = worker.vectors(params)
         built = time.perf_counter()
 
-        def report(step: int, value: float) -> None:
-            trial.report(value, step)
-            if not is_baseline and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at batch {step} with running value {value:.4f}")
-
         try:
-            result = worker.score(params, worker.validation, report, vectors)
+            result = worker.score(
+                params, worker.validation, self._reporter(trial, is_baseline), vectors
+            )
         except optuna.TrialPruned as pruned:
             log.info("trial %d: %s -> %s", trial.number, format_params(params), pruned)
             raise
@@ -168,30 +269,48 @@ class SteeringObjective:
                 trial.set_constraint(name, float(value))
             ok = all(v <= 0 for v in result.extras["constraints"].values())
             trial.set_user_attr(FEASIBLE_ATTR, ok)
+        named = metric_values(result.value, result.metrics)
+        try:
+            values = pick_values(named, self.metrics, worker.objective.kind)
+        except UserError as e:
+            raise TrialFailure(str(e)) from e
+        bad = {
+            m.name: v for m, v in zip(self.metrics, values, strict=True) if not math.isfinite(v)
+        }
         if not math.isfinite(result.value):
             raise TrialFailure(f"objective is {result.value} (non-finite score)")
+        if bad:
+            raise TrialFailure(f"objective metrics are non-finite: {bad}")
+        trial.set_user_attr(METRICS_ATTR, named)  # full precision: export rules compare them
         study = trial.study
         if is_baseline:
-            study.set_user_attr(BASELINE_VALUE_ATTR, result.value)
+            study.set_user_attr(BASELINE_VALUE_ATTR, values[0])
+            study.set_user_attr(BASELINE_METRICS_ATTR, named)
+        base_metrics = study.user_attrs.get(BASELINE_METRICS_ATTR) or {}
+        for name, value in named.items():
+            if name != SCORE and name in base_metrics:
+                trial.set_user_attr(f"delta_{name}", round(value - base_metrics[name], 6))
         baseline = study.user_attrs.get(BASELINE_VALUE_ATTR)
-        delta = None if baseline is None else result.value - baseline
+        delta = None if baseline is None else values[0] - baseline
         if delta is not None:
             trial.set_user_attr("delta_vs_baseline", round(delta, 6))
         feasible = trial.user_attrs.get(FEASIBLE_ATTR)
         if is_baseline:
             worker.baseline_items = list(result.per_item)
         self._publish(trial, vectors, result, is_baseline, feasible is not False)
+        side = " ".join(f"{k}={v:.4g}" for k, v in named.items() if k != SCORE)
         log.info(
-            "trial %d: %s -> %.4f%s%s in %.2fs (vector %.1f ms)",
+            "trial %d: %s -> %s%s%s%s in %.2fs (vector %.1f ms)",
             trial.number,
             format_params(params),
-            result.value,
+            " ".join(f"{m.name}={v:.4f}" for m, v in zip(self.metrics, values, strict=True)),
+            f" [{side}]" if side else "",
             "" if delta is None else f" (delta {delta:+.4f})",
             "" if feasible is None else ("" if feasible else " INFEASIBLE"),
             scored - started,
             (built - started) * 1000,
         )
-        return result.value
+        return tuple(values) if self.multi else values[0]
 
     def _publish(
         self,

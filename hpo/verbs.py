@@ -50,6 +50,20 @@ def _print_results(meta: dict[str, Any], path: Path) -> None:
             f"distinct-2 {b['distinct2']:.2f} -> {s['distinct2']:.2f} "
             f"({'feasible' if fluency['feasible'] else 'INFEASIBLE'})"
         )
+    side = {k: v for k, v in test.get("metrics", {}).items() if k != "score"}
+    for name, m in side.items():
+        ci = f" [95% CI {m['ci95'][0]:+.4f}, {m['ci95'][1]:+.4f}]" if "ci95" in m else ""
+        base = val["metrics"].get(name, {})
+        print(
+            f"{name:<11} validation {_fmt(base.get('baseline'))} -> {_fmt(base.get('steered'))}"
+            f"; test {_fmt(m['baseline'])} -> {_fmt(m['steered'])}{ci}"
+        )
+    selection = meta.get("selection", {})
+    if "front" in selection:
+        print(
+            f"pareto      {len(selection['front'])} trials on the front "
+            f"({', '.join(m['name'] for m in selection['metrics'])}); rule {selection['rule']}"
+        )
     for sample in test.get("samples", []):
         print(f"\nprompt      {sample['prompt']}")
         print(f"  unsteered {sample['unsteered']}")
@@ -66,9 +80,14 @@ def _export(cfg: RunConfig, study: Any, worker: Any) -> int:
 
     from hpo.bundle import STEERING_JSON
     from hpo.export import pick_trial, write_bundle
+    from hpo.metrics import is_multi
+    from hpo.selection import parse_rule
 
-    trial = pick_trial(study, cfg.export.trial)
-    path = write_bundle(worker, study, trial, cfg.export.dir)
+    rule = None
+    if cfg.export.rule is not None or is_multi(cfg.task.objective):
+        rule = parse_rule(cfg.export.rule, cfg.task.objective)
+    trial = pick_trial(study, cfg.export.trial, None if cfg.export.trial is not None else rule)
+    path = write_bundle(worker, study, trial, cfg.export.dir, rule)
     _print_results(json.loads((path / STEERING_JSON).read_text()), path)
     return 0
 

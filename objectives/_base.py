@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 Row = dict[str, Any]
-# Called after each scored batch with (step, running value); may raise optuna.TrialPruned.
-Reporter = Callable[[int, float], None]
+
+
+class Reporter(Protocol):
+    """Called after each scored batch; may raise optuna.TrialPruned.
+
+    `step` is the batch index and `value` the running mean so far; `items` maps a stable id of
+    every unit scored in this batch (the same ids in every trial) to its value, for pruners that
+    compare trials item by item (Wilcoxon). Kinds that cannot name items leave it `None`.
+    """
+
+    def __call__(
+        self, step: int, value: float, items: Mapping[int, float] | None = None
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,10 @@ class ScoreResult:
     per_letter: dict[str, float] = field(default_factory=dict)
     # Kind-specific detail: generated texts, fluency measures, constraint values.
     extras: dict[str, Any] = field(default_factory=dict)
+    # Named side metrics (`tokens`, `kl`, `perplexity`, ...), each a mean over its own items;
+    # `metric_items` holds those items where they exist (for bootstrap intervals).
+    metrics: dict[str, float] = field(default_factory=dict)
+    metric_items: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def n(self) -> int:

@@ -230,7 +230,8 @@ class ChoiceProbability:
                 variant_scores[i] = float(probs[v.correct])
                 done.append(variant_scores[i])
             if report is not None:
-                report(step, sum(done) / len(done))
+                # Variant ids are stable across trials; every item has the same number of them.
+                report(step, sum(done) / len(done), {i: variant_scores[i] for i in batch})
         per_item_lists: list[list[float]] = [[] for _ in range(prepared.n_items)]
         per_letter_lists: dict[str, list[float]] = {}
         for v, s in zip(prepared.variants, variant_scores, strict=True):

@@ -152,8 +152,10 @@ class Generation:
                 )
                 done.append(per_item[i])
             if report is not None:
-                report(step, sum(done) / len(done))
+                report(step, sum(done) / len(done), {i: per_item[i] for i in batch})
         counts = {f"n_{s}": statuses.count(s) for s in STATUSES if s != "ok"}
+        # Seed 003's token count: generated tokens before EOS or a stop string, per prompt.
+        tokens = [float(len(c)) for c in continuations]
         return ScoreResult(
             sum(per_item) / len(per_item),
             per_item,
@@ -164,6 +166,8 @@ class Generation:
                 "references": refs,
                 "counts": counts,
             },
+            metrics={"tokens": sum(tokens) / len(tokens)},
+            metric_items={"tokens": tokens},
         )
 
     def fluency(
@@ -179,6 +183,8 @@ class Generation:
         """Generate unsteered once and record the fluency reference the constraints compare to."""
         baseline = self.score(model, prepared)
         prepared.reference = self.fluency(model, prepared, baseline)
+        if self.constrained:
+            baseline.metrics.update(prepared.reference)
         prepared.baseline = baseline
 
     def constraints(

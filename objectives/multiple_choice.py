@@ -235,7 +235,8 @@ class MultipleChoice:
                 hit[i] = float(max(range(len(ll)), key=ll.__getitem__) == v.correct)
                 done.append(prob[i])
             if report is not None:
-                report(step, sum(done) / len(done))
+                # Variant ids are stable across trials (per-item reports for the Wilcoxon pruner).
+                report(step, sum(done) / len(done), {i: prob[i] for i in batch})
         per_item, accuracy = _by_item(prepared, prob), _by_item(prepared, hit)
         letters: dict[str, list[float]] = {}
         for v, p in zip(prepared.variants, prob, strict=True):
@@ -249,6 +250,8 @@ class MultipleChoice:
                 "accuracy": sum(accuracy) / len(accuracy),
                 "per_item_accuracy": accuracy,
             },
+            metrics={"accuracy": sum(accuracy) / len(accuracy)},
+            metric_items={"accuracy": accuracy},
         )
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import random
+import statistics
+
 import pytest
 
 from hpo.stats import bootstrap_diff_ci
@@ -31,3 +35,24 @@ def test_a_noisy_zero_effect_straddles_zero() -> None:
 def test_unpaired_samples_are_refused() -> None:
     with pytest.raises(ValueError, match="same non-zero length"):
         bootstrap_diff_ci([1.0], [1.0, 2.0])
+
+
+def test_the_interval_covers_a_known_mean_difference_about_95_percent_of_the_time() -> None:
+    rng = random.Random(1)
+    true_diff, covered, runs = 0.3, 0, 100
+    for run in range(runs):
+        baseline = [rng.gauss(0.0, 1.0) for _ in range(40)]
+        steered = [b + true_diff + rng.gauss(0.0, 1.0) for b in baseline]
+        lo, hi = bootstrap_diff_ci(steered, baseline, n_resamples=500, seed=run)
+        covered += lo <= true_diff <= hi
+    assert 88 <= covered <= 99, covered
+
+
+def test_for_large_n_the_interval_matches_the_normal_interval() -> None:
+    rng = random.Random(2)
+    diffs = [rng.gauss(0.5, 2.0) for _ in range(400)]
+    lo, hi = bootstrap_diff_ci(diffs, [0.0] * len(diffs), n_resamples=2000, seed=3)
+    mean = statistics.fmean(diffs)
+    half = 1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    assert lo == pytest.approx(mean - half, abs=0.1 * half)
+    assert hi == pytest.approx(mean + half, abs=0.1 * half)

@@ -82,3 +82,21 @@ def test_repetitive_text_is_infeasible_and_never_exported(tmp_path: Path) -> Non
     assert pick_trial(study, None).number == fluent.number
     with pytest.raises(UserError, match=f"export.trial={repetitive.number} is infeasible"):
         pick_trial(study, repetitive.number)
+
+
+def test_generation_reports_mean_generated_tokens_up_to_eos(tiny_model_dir: Path) -> None:
+    from hpo import ModelConfig
+    from hpo.models import load_model
+    from objectives import Generation
+
+    cfg = compose_run("task=sentiment", "task.objective.max_new_tokens=6").task
+    tiny = load_model(ModelConfig(name_or_path=str(tiny_model_dir), gguf_file=None))
+    objective = Generation(cfg, tiny.tokenizer)
+    prepared = objective.prepare([{"prompt": "Tell me a story."}, {"prompt": "Hi."}])
+    result = objective.score(tiny.model, prepared)
+    lengths = [len(c) for c in result.extras["continuations"]]
+    eos = tiny.tokenizer.eos_token_id
+    assert all(eos not in c for c in result.extras["continuations"])
+    assert result.metric_items["tokens"] == [float(n) for n in lengths]
+    assert result.metrics["tokens"] == sum(lengths) / 2
+    assert all(0 <= n <= 6 for n in lengths)
