@@ -65,7 +65,7 @@ It is added to the output of decoder block(s) {layers} with alpha = {meta["alpha
 | validation | {val["n"]} | {_num(val["baseline"])} | {_num(val["steered"])} | |
 | test (held out) | {test["n"]} | {_num(test["baseline"])} | {_num(test["steered"])} | \
 {test["difference"]:+.4f} [{lo:+.4f}, {hi:+.4f}] |
-
+{_side_metrics(meta)}
 ## Use it
 
 ```python
@@ -90,6 +90,34 @@ Without steering-hpo: `vectors/{meta["trait"]}/steering_vector.safetensors` hold
 - `config.yaml`: the winning trial as an experiment config
 {"- `control_vector.gguf`: llama.cpp control vector (alpha applied)" if _has_gguf(meta) else ""}
 """
+
+
+def _side_metrics(meta: dict[str, Any]) -> str:
+    """Every named metric on validation and test, and how the winner was chosen."""
+    val = meta["metrics"]["validation"].get("metrics", {})
+    test = meta["metrics"]["test"].get("metrics", {})
+    if not test:
+        return ""
+    rows = []
+    for name, t in test.items():
+        v = val.get(name, {})
+        ci = f" [{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}]" if "ci95" in t else ""
+        diff = f"{t['difference']:+.4f}{ci}" if "difference" in t else ""
+        rows.append(
+            f"| {name} | {_num(v.get('baseline'))} -> {_num(v.get('steered'))} | "
+            f"{t.get('n', '')} | {_num(t['baseline'])} -> {_num(t['steered'])} | {diff} |"
+        )
+    out = (
+        "\n| metric | validation baseline -> steered | test n | test baseline -> steered | "
+        "test difference (95% CI) |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
+    selection = meta.get("selection") or {}
+    if selection.get("front") is not None:
+        out += (
+            f"\nChosen by export rule `{selection['rule']}` from a Pareto front of "
+            f"{len(selection['front'])} trials (listed in `steering.json`).\n"
+        )
+    return out
 
 
 def _has_gguf(meta: dict[str, Any]) -> bool:

@@ -102,7 +102,8 @@ def open_study(cfg: RunConfig, create: bool = True, join: bool = True) -> optuna
         pruner = instantiate(OmegaConf.create(cfg.pruner)) if cfg.pruner else None
     metrics = study_metrics(cfg.task.objective)
     if len(metrics) > 1 and pruner is not None and not isinstance(pruner, NopPruner):
-        log.info(
+        log.log(
+            logging.INFO if join else logging.DEBUG,
             "pruning disabled: Optuna does not prune multi-objective studies (metrics %s)",
             [m.name for m in metrics],
         )

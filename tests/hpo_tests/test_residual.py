@@ -78,7 +78,7 @@ def test_an_exception_while_scoring_restores_the_model_and_leaves_no_hook(
     worker = _worker(*tiny_overrides(tiny_model_dir, tmp_path), "task.splits.validation=2")
     params = {"layer": 1, "alpha": 0.5, "aggregation": "choice", "method": "caa"}
 
-    def report(step: int, value: float) -> None:
+    def report(step: int, value: float, items: object = None) -> None:
         raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError, match="stop"):
