@@ -125,9 +125,11 @@ def open_study(cfg: RunConfig, create: bool = True, join: bool = True) -> optuna
     record = config_record(cfg)
     stored = study.user_attrs.get(CONFIG_ATTR)
     if stored is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            study.set_metric_names([m.name for m in metrics])
+        names = [m.name for m in metrics]
+        if names != ["score"]:  # a plain study keeps Optuna's unnamed value (report labels it)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                study.set_metric_names(names)
         study.set_user_attr(CONFIG_ATTR, record)
         study.set_user_attr("optuna_version", optuna.__version__)
         _describe(study, cfg)
