@@ -15,6 +15,7 @@ from hpo.config import (
     GenerateConfig,
     KLConfig,
     ModelConfig,
+    ModelDiffConfig,
     ObjectiveConfig,
     RunConfig,
     SearchSpaceConfig,
@@ -26,15 +27,17 @@ from hpo.config import (
 from hpo.errors import TrialFailure, UserError
 from hpo.kv import scratch_cache
 from hpo.progress import progress
-from hpo.vocabulary import AGGREGATIONS, ALPHA_SCALES, METHODS, POSITIONS
+from hpo.vocabulary import ADD_MODES, AGGREGATIONS, ALPHA_SCALES, METHODS, MODES, POSITIONS
 
 __version__ = "0.1.0"
 
 
 __all__ = [
+    "ADD_MODES",
     "AGGREGATIONS",
     "ALPHA_SCALES",
     "METHODS",
+    "MODES",
     "POSITIONS",
     "Bundle",
     "BundleError",
@@ -44,6 +47,7 @@ __all__ = [
     "GenerateConfig",
     "KLConfig",
     "ModelConfig",
+    "ModelDiffConfig",
     "ObjectiveConfig",
     "RunConfig",
     "SearchSpaceConfig",

@@ -44,8 +44,12 @@ class BundleError(UserError):
 class Bundle:
     """A loaded bundle: vectors by layer, the exported alpha, and how to apply them.
 
+    Layer `L` is steered by `alpha * scales[L]` along `vectors[L]` in `mode` (`add`,
+    `add_norm_preserving`, `ablate`; see `hpo.steering`), at `positions`.
+
     Attributes:
-        alpha: multiplier used by `apply`; change it, also while a context is open.
+        alpha: multiplier used by `apply`; change it, also while a context is open (for
+            `ablate` it is the share of the component removed: 1 = all, 0 = none).
         enabled: `False` makes an open `apply` context run the model unsteered.
     """
 
@@ -54,6 +58,8 @@ class Bundle:
     vectors: dict[int, torch.Tensor]
     alpha: float
     positions: str
+    mode: str = "add"
+    scales: dict[int, float] = field(default_factory=dict)
     _handles: list[SteeringHandle] = field(default_factory=list, repr=False)
     _enabled: bool = True
 
@@ -117,7 +123,15 @@ class Bundle:
     def apply(self, model: Any) -> Iterator[SteeringHandle]:
         """Steer `model` while the context is open; hooks are removed on exit."""
         self.check_model(model)
-        with steer(model, find_blocks(model), self.vectors, self.alpha, self.positions) as h:
+        with steer(
+            model,
+            find_blocks(model),
+            self.vectors,
+            self.alpha,
+            self.positions,
+            mode=self.mode,
+            scales=self.scales,
+        ) as h:
             h.enabled = self._enabled
             self._handles.append(h)
             try:
@@ -164,10 +178,14 @@ def load_bundle(path: str | Path) -> Bundle:
             f"bundle {root}: tensors for layers {sorted(vectors)} but steering.json lists "
             f"{meta['layers']}"
         )
+    application = meta["application"]
     return Bundle(
         path=root,
         meta=meta,
         vectors=vectors,
         alpha=float(meta["alpha"]),
-        positions=meta["application"]["positions"],
+        positions=application["positions"],
+        # Bundles written before modes and windows: add, alpha on every layer.
+        mode=application.get("mode", "add"),
+        scales={int(k): float(v) for k, v in application.get("scales", {}).items()},
     )

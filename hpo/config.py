@@ -203,7 +203,13 @@ class FloatRange:
 
 @dataclass
 class SearchSpaceConfig:
-    """The search space: layer, alpha, aggregation, method and where the vector is added."""
+    """The search space: layer(s), alpha, aggregation, method, and how the vector is applied.
+
+    `layers` is the first steered layer and `window` how many consecutive layers from it are
+    steered; `layer_sets` (when non-empty) replaces both with a choice among explicit sets.
+    `derived` names sympy expressions of `alpha`, `layer` and `window`; `layer_alpha` is the
+    alpha each steered layer gets (seed 002's `alpha / window` by default).
+    """
 
     layers: IntRange = field(default_factory=IntRange)
     alpha: FloatRange = field(default_factory=FloatRange)
@@ -211,6 +217,41 @@ class SearchSpaceConfig:
     method: list[str] = field(default_factory=lambda: ["caa"])
     positions: list[str] = field(default_factory=lambda: ["all"])
     alpha_scale: str = "relative"
+    mode: list[str] = field(default_factory=lambda: ["add"])
+    window: IntRange = field(default_factory=lambda: IntRange(1, 1))
+    layer_sets: list[list[int]] = field(default_factory=list)
+    derived: dict[str, str] = field(default_factory=lambda: {"layer_alpha": "alpha / window"})
+
+
+@dataclass
+class ModelDiffConfig:
+    """The finetuned model of method `model_diff` (seed 001): mean(finetuned) - mean(base).
+
+    It runs on the same train pairs as `model`, with the same dtype and device; its activations
+    are cached under their own content hash. `name_or_path: null` = no second model.
+    """
+
+    name_or_path: str | None = None
+    gguf_file: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def model_config(self, base: ModelConfig) -> ModelConfig:
+        """The finetuned model's `ModelConfig`: this file's weights, the base run's settings."""
+        if not self.name_or_path:
+            raise UserError(
+                "search_space.method lists model_diff, which needs model_diff.name_or_path "
+                "(the finetuned model), got null"
+            )
+        return ModelConfig(
+            name_or_path=self.name_or_path,
+            gguf_file=self.gguf_file,
+            revision=self.revision,
+            dtype=base.dtype,
+            device=base.device,
+            trust_remote_code=self.trust_remote_code,
+            threads=base.threads,
+        )
 
 
 @dataclass
@@ -311,6 +352,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+    model_diff: ModelDiffConfig = field(default_factory=ModelDiffConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     sampler: dict[str, Any] = field(default_factory=dict)
     pruner: dict[str, Any] = field(default_factory=dict)

@@ -198,17 +198,32 @@ def honesty_warnings(
 def _experiment_yaml(cfg: RunConfig, trial: FrozenTrial) -> str:
     """The winner as an experiment config: the study's settings pinned to the winning params."""
     p = trial.params
+    space: dict[str, Any] = {}
+    if "layer_set" in p:
+        space["layer_sets"] = [[int(x) for x in str(p["layer_set"]).split(",")]]
+    else:
+        space["layers"] = {"low": p["layer"], "high": p["layer"], "step": 1}
+        window = int(p.get("window", 1))
+        space["window"] = {"low": window, "high": window, "step": 1}
+    alpha = p.get("alpha")
+    space["alpha"] = (
+        dataclasses.asdict(cfg.search_space.alpha)
+        if alpha is None  # ablate: alpha is not searched
+        else {"low": alpha, "high": alpha, "log": False}
+    )
+    space.update(
+        aggregation=[p["aggregation"]],
+        method=[p["method"]],
+        positions=[p["positions"]],
+        mode=[p.get("mode", "add")],
+        alpha_scale=cfg.search_space.alpha_scale,
+        derived=dict(cfg.search_space.derived),
+    )
     pinned = {
         "model": dataclasses.asdict(cfg.model),
+        "model_diff": dataclasses.asdict(cfg.model_diff),
         "task": dataclasses.asdict(cfg.task),
-        "search_space": {
-            "layers": {"low": p["layer"], "high": p["layer"], "step": 1},
-            "alpha": {"low": p["alpha"], "high": p["alpha"], "log": False},
-            "aggregation": [p["aggregation"]],
-            "method": [p["method"]],
-            "positions": [p["positions"]],
-            "alpha_scale": cfg.search_space.alpha_scale,
-        },
+        "search_space": space,
         "study": {"name": f"{cfg.study.name}-replay", "n_trials": 2, "seed": cfg.study.seed},
     }
     header = (
@@ -283,6 +298,8 @@ def write_bundle(
     cfg = worker.cfg
     target = Path(out_dir).expanduser().resolve()
     vectors = worker.vectors(trial.params)
+    resolved = worker.resolve(trial.params)
+    how = worker.steering(trial.params)
     metrics = measure(worker, trial, study)
     trait = cfg.task.name
     shape = worker.loaded.shape
@@ -298,11 +315,19 @@ def write_bundle(
             "hidden_size": shape.hidden_size,
             "dtype": cfg.model.dtype,
         },
-        "method": trial.params["method"],
-        "aggregation": trial.params["aggregation"],
-        "application": {"positions": trial.params["positions"], "mode": "add"},
+        "method": resolved["method"],
+        "aggregation": resolved["aggregation"],
+        "application": {
+            "positions": how["positions"],
+            "mode": how["mode"],
+            # Per-layer multiplier of alpha: what each layer gets is alpha * scales[L].
+            "scales": {str(layer): scale for layer, scale in sorted(how["scales"].items())},
+        },
         "layers": sorted(vectors),
-        "alpha": trial.params["alpha"],
+        "alpha": how["alpha"],
+        "layer_alpha": {
+            str(layer): how["alpha"] * scale for layer, scale in sorted(how["scales"].items())
+        },
         "alpha_scale": cfg.search_space.alpha_scale,
         "metrics": metrics,
         "objective": {
@@ -315,6 +340,7 @@ def write_bundle(
             "name": study.study_name,
             "trial": trial.number,
             "params": trial.params,
+            "resolved_params": resolved,
             "n_trials": len(study.get_trials(deepcopy=False)),
         },
         "package": {"name": "steering-hpo", "version": __version__},
@@ -331,7 +357,7 @@ def write_bundle(
                 for layer, v in vectors.items()
             },
             str(vec_path),
-            metadata={"trait": trait, "alpha": str(trial.params["alpha"])},
+            metadata={"trait": trait, "alpha": str(how["alpha"]), "mode": how["mode"]},
         )
         meta["control_vector"] = _control_vector(tmp, meta, vectors)
         (tmp / "config.yaml").write_text(_experiment_yaml(cfg, trial))

@@ -44,6 +44,11 @@ def model_card(meta: dict[str, Any]) -> str:
         ],
     }
     layers = ", ".join(str(x) for x in meta["layers"])
+    mode = meta["application"].get("mode", "add")
+    per_layer = (
+        ", ".join(f"{k}: {v:.4f}" for k, v in meta.get("layer_alpha", {}).items())
+        or f"{meta['alpha']:.4f}"
+    )
     lo, hi = test["ci95"]
     warnings = "".join(f"> **Warning:** {w}\n\n" for w in meta["metrics"].get("warnings", []))
     llama_cpp = _llama_cpp(meta)
@@ -55,8 +60,9 @@ def model_card(meta: dict[str, Any]) -> str:
 
 A {meta["method"].upper()} steering vector for **{base}** found by an Optuna TPE search
 (study `{meta["study"]["name"]}`, trial {meta["study"]["trial"]} of {meta["study"]["n_trials"]}).
-It is added to the output of decoder block(s) {layers} with alpha = {meta["alpha"]:.4f}
-({meta["alpha_scale"]} scale), at positions `{meta["application"]["positions"]}`.
+It is applied to the output of decoder block(s) {layers} in mode `{mode}` with
+alpha = {meta["alpha"]:.4f} ({meta["alpha_scale"]} scale; per layer: {per_layer}), at positions
+`{meta["application"]["positions"]}`.
 
 {warnings}## Metrics ({meta["objective"]["kind"]}, {meta["objective"]["direction"]})
 
@@ -80,7 +86,9 @@ bundle.alpha = 0.5 * bundle.alpha  # change strength; bundle.enabled = False to 
 ```
 
 Without steering-hpo: `vectors/{meta["trait"]}/steering_vector.safetensors` holds float32 tensors
-`layer.<L>`; add `alpha * tensor` to the output hidden state of decoder block `L`.
+`layer.<L>`; with `a = layer_alpha[L]` (steering.json) and `h` the output hidden state of decoder
+block `L` at each steered position: `add`: `h + a * v`; `add_norm_preserving`: `h + a * v`
+rescaled to `|h|`; `ablate`: `h - a * (h . u) u` with `u = v / |v|`.
 
 {llama_cpp}
 ## Files

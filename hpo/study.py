@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import logging
 import os
@@ -19,11 +20,11 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from hpo import budget
-from hpo.activations import load_or_build
+from hpo.activations import ActivationCache, load_or_build
 from hpo.config import RunConfig
 from hpo.errors import UserError
 from hpo.metrics import study_metrics
-from hpo.models import load_model, read_shape
+from hpo.models import ModelShape, load_model, read_shape
 from hpo.selection import parse_rule
 from hpo.tasks import TaskSplits, load_task
 from hpo.trial import BASELINE_ATTR, FEASIBLE_ATTR, SteeringObjective, Worker
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_ATTR = "hpo_config"
 # What must match for a worker to join a study: the same model, task and search space.
-FINGERPRINT_KEYS = ("model", "task", "search_space")
+FINGERPRINT_KEYS = ("model", "model_diff", "task", "search_space")
 # How a worker runs, not what it computes: may differ between workers of one study.
 PER_WORKER_KEYS = {"model.threads", "model.device", "task.objective.batch_size"}
 MAX_CONSECUTIVE_FAILURES = 10
@@ -181,13 +182,40 @@ def prepare_worker(cfg: RunConfig, task: TaskSplits | None = None) -> Worker:
     task = load_task(cfg.task) if task is None else task
     loaded = load_model(cfg.model)
     objective = make_objective(cfg.task, loaded.tokenizer)
-    cache = load_or_build(loaded, objective.train_pairs(task.train))
-    worker = Worker(cfg, loaded, objective, cache, None)
+    pairs = objective.train_pairs(task.train)
+    cache = load_or_build(loaded, pairs)
+    finetuned = None
+    if "model_diff" in cfg.search_space.method:
+        finetuned = finetuned_cache(cfg, pairs)
+    worker = Worker(cfg, loaded, objective, cache, None, finetuned)
     column = cfg.task.columns.get("prompt")
     if column:
         worker.prompts = [str(row[column]) for row in task.validation]
     worker.validation = worker.prepare(task.validation)
     return worker
+
+
+def finetuned_cache(cfg: RunConfig, pairs: list[Any]) -> ActivationCache:
+    """The finetuned model's activations on the same pairs (loaded only to extract them)."""
+    loaded = load_model(cfg.model_diff.model_config(cfg.model))
+    try:
+        return load_or_build(loaded, pairs)
+    finally:
+        del loaded
+        gc.collect()
+
+
+def check_model_diff(cfg: RunConfig, shape: ModelShape) -> None:
+    """`model_diff` needs a second model of the same shape as the steered one."""
+    if "model_diff" not in cfg.search_space.method:
+        return
+    other = read_shape(cfg.model_diff.model_config(cfg.model))
+    if (other.num_layers, other.hidden_size) != (shape.num_layers, shape.hidden_size):
+        raise UserError(
+            "model_diff.name_or_path must have the steered model's shape "
+            f"({shape.num_layers} layers x {shape.hidden_size}), got {other.num_layers} layers "
+            f"x {other.hidden_size} for {cfg.model_diff.name_or_path!r}"
+        )
 
 
 def check_config(cfg: RunConfig) -> TaskSplits:
@@ -197,7 +225,9 @@ def check_config(cfg: RunConfig) -> TaskSplits:
     columns it needs, and the task's data and splits. Returns the loaded splits.
     """
     check_task(cfg.task)
-    validate(cfg.search_space, read_shape(cfg.model).num_layers)
+    shape = read_shape(cfg.model)
+    validate(cfg.search_space, shape.num_layers)
+    check_model_diff(cfg, shape)
     parse_rule(cfg.export.rule, cfg.task.objective)  # checks the metrics too
     return load_task(cfg.task)
 

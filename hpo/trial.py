@@ -23,7 +23,7 @@ from hpo.activations import ActivationCache
 from hpo.config import RunConfig
 from hpo.errors import TrialFailure, UserError
 from hpo.generation import chat_prompt
-from hpo.methods import build_vector
+from hpo.methods import VectorBuilder
 from hpo.metrics import SCORE, metric_values, pick_values, study_metrics
 from hpo.models import LoadedModel
 from hpo.residual import ResidualCache, SteeredAbove
@@ -31,7 +31,7 @@ from hpo.steering import steer
 from hpo.tasks import kl_prompts
 from objectives import Objective, ScoreResult
 from objectives.kl import KLReference, build_reference, kl_per_prompt
-from search_spaces import suggest
+from search_spaces import layer_scales, resolve, steered_layers, suggest
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class Worker:
     objective: Objective
     cache: ActivationCache
     validation: Any
+    finetuned: ActivationCache | None = None
     # Block outputs reused by `positions: all` trials of forward-only objectives (None: off).
     residual: ResidualCache | None = field(default=None)
     # The validation split's prompt texts and, once this worker ran it, the baseline's per-item
@@ -64,22 +65,36 @@ class Worker:
     baseline_items: list[float] | None = None
     # Unsteered KL reference per split ("validation", "test"), built on first use.
     kl: dict[str, KLReference] = field(default_factory=dict)
+    builder: VectorBuilder = field(init=False)
 
     def __post_init__(self) -> None:
+        self.builder = VectorBuilder(self.cache, self.finetuned, self.cfg.study.seed)
         if self.residual is None and self.objective.kind in RESIDUAL_KINDS:
             self.residual = ResidualCache(self.loaded)
 
+    def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A trial's params completed with fixed dimensions and derived params."""
+        return resolve(params, self.cfg.search_space)
+
     def vectors(self, params: dict[str, Any]) -> dict[int, torch.Tensor]:
-        """The vector(s) added at alpha = 1 for a trial's params."""
-        layer = int(params["layer"])
-        vector = build_vector(
-            self.cache,
+        """The vector(s) added at alpha = 1 for a trial's params, one per steered layer."""
+        params = self.resolve(params)
+        return self.builder.vectors(
             params["method"],
             params["aggregation"],
-            layer,
+            steered_layers(params),
             self.cfg.search_space.alpha_scale,
         )
-        return {layer: vector}
+
+    def steering(self, params: dict[str, Any]) -> dict[str, Any]:
+        """How a trial's vectors are applied: `steer`'s alpha, positions, mode and scales."""
+        params = self.resolve(params)
+        return {
+            "alpha": params["alpha"],
+            "positions": params["positions"],
+            "mode": params["mode"],
+            "scales": layer_scales(params, self.cfg.search_space),
+        }
 
     def prepare(self, rows: list[Any]) -> Any:
         """Tokenize a split once; cache its unsteered prompt prefix when the space can reuse it."""
@@ -124,23 +139,21 @@ class Worker:
         `split` picks the KL prompts (validation or the disjoint held-out test set).
         """
         vectors = self.vectors(params) if vectors is None else vectors
+        how = self.steering(params)
         loaded = self.loaded
-        reuse = params["positions"] in PREFIX_POSITIONS and getattr(prepared, "prefix", None)
+        reuse = how["positions"] in PREFIX_POSITIONS and getattr(prepared, "prefix", None)
         kl_ref = self.kl_reference(split)
         residual = self.residual
-        if residual is not None and residual.applies(params, vectors):
+        if residual is not None and residual.applies(how, vectors):
             [(layer, vector)] = vectors.items()
-            stand_in = SteeredAbove(residual, layer, vector, params["alpha"])
+            alpha = how["alpha"] * how["scales"].get(layer, 1.0)  # as `steer` computes it
+            stand_in = SteeredAbove(residual, layer, vector, alpha)
             result = self.objective.score(stand_in, prepared, report, False)
             if kl_ref is not None:
-                with steer(
-                    loaded.model, loaded.blocks, vectors, params["alpha"], params["positions"]
-                ) as handle:
+                with steer(loaded.model, loaded.blocks, vectors, **how) as handle:
                     self._add_kl(result, kl_ref, handle)
         else:
-            with steer(
-                loaded.model, loaded.blocks, vectors, params["alpha"], params["positions"]
-            ) as handle:
+            with steer(loaded.model, loaded.blocks, vectors, **how) as handle:
                 result = self.objective.score(loaded.model, prepared, report, bool(reuse))
                 if kl_ref is not None:
                     self._add_kl(result, kl_ref, handle)
@@ -237,7 +250,7 @@ class SteeringObjective:
         with warnings.catch_warnings():
             # The baseline's alpha = 0 may lie outside the alpha range on purpose.
             warnings.filterwarnings("ignore", message="Fixed parameter", category=UserWarning)
-            params = suggest(trial, worker.cfg.search_space)
+            params = suggest(trial, worker.cfg.search_space, baseline=is_baseline)
         started = time.perf_counter()
         vectors = worker.vectors(params)
         built = time.perf_counter()
@@ -253,6 +266,12 @@ class SteeringObjective:
         trial.set_user_attr("time_vector_s", round(built - started, 6))
         trial.set_user_attr("time_score_s", round(scored - built, 4))
         trial.set_user_attr("vector_norm", round(float(next(iter(vectors.values())).norm()), 4))
+        trial.set_user_attr("layers", sorted(vectors))
+        for name in worker.cfg.search_space.derived:
+            if name in params:
+                trial.set_user_attr(f"derived.{name}", params[name])
+        for name, value in worker.builder.info.items():
+            trial.set_user_attr(name, round(value, 6))
         for letter, value in result.per_letter.items():
             trial.set_user_attr(f"letter_{letter}", round(value, 6))
         for name, value in result.extras.get("fluency", {}).items():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 AGGREGATIONS = ("last", "mean", "choice")
-METHODS = ("caa",)
+METHODS = ("caa", "pca", "probe", "model_diff")
 POSITIONS = ("all", "prompt_end_onward", "generated")
+MODES = ("add", "add_norm_preserving", "ablate")
+# Modes that add `alpha * vector` (alpha = 0 is the unsteered model); `ablate` has no alpha.
+ADD_MODES = ("add", "add_norm_preserving")
 ALPHA_SCALES = ("relative", "absolute")

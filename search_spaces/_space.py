@@ -1,7 +1,14 @@
-"""Search space config -> Optuna distributions and `suggest(trial)`, as pure functions."""
+"""Search space config -> Optuna distributions and `suggest(trial)`, as pure functions.
+
+The space is conditional: `alpha` is sampled only for the add modes (`ablate` removes a
+direction and has no strength to search), so TPE should run with `group=True`. Trial params
+hold only what was sampled; `resolve` completes them (defaults of absent dimensions, derived
+params) and is the one function a trial and an export both call, so a bundle replays the trial.
+"""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import optuna
@@ -13,15 +20,21 @@ from optuna.distributions import (
 )
 
 from hpo import (
+    ADD_MODES,
     AGGREGATIONS,
     ALPHA_SCALES,
     METHODS,
+    MODES,
     POSITIONS,
     SearchSpaceConfig,
     UserError,
 )
+from search_spaces._derived import Derived, layer_scale, parse_derived
 
-PARAMS = ("layer", "alpha", "aggregation", "method", "positions")
+PARAMS = ("layer", "window", "mode", "alpha", "aggregation", "method", "positions")
+LAYER_ALPHA = "layer_alpha"
+# Alpha of an `ablate` trial: the whole component along the direction is removed.
+ABLATE_ALPHA = 1.0
 
 
 def _check_subset(name: str, values: list[str], allowed: tuple[str, ...]) -> None:
@@ -32,13 +45,36 @@ def _check_subset(name: str, values: list[str], allowed: tuple[str, ...]) -> Non
         raise UserError(f"search_space.{name} must be among {list(allowed)}, got {unknown}")
 
 
-def validate(space: SearchSpaceConfig, num_layers: int) -> None:
-    """Check every dimension against its rule and the model's layer count.
+def set_name(layers: list[int]) -> str:
+    """A layer set as a categorical choice: `"8,10,12"`."""
+    return ",".join(str(x) for x in layers)
 
-    Raises:
-        UserError: the first rule broken, with the value that broke it.
-    """
-    layers = space.layers
+
+@lru_cache(maxsize=64)
+def _parsed(name: str, text: str) -> Derived:
+    return parse_derived(name, text)
+
+
+def derived_params(space: SearchSpaceConfig) -> list[Derived]:
+    """The space's derived params, parsed once (cached) and checked."""
+    out = [_parsed(name, text) for name, text in space.derived.items()]
+    for d in out:
+        if d.name == LAYER_ALPHA:
+            layer_scale(d)
+    return out
+
+
+def _validate_layers(space: SearchSpaceConfig, num_layers: int) -> None:
+    if space.layer_sets:
+        for chosen in space.layer_sets:
+            bad = [x for x in chosen if not 0 <= x < num_layers]
+            if not chosen or bad or len(set(chosen)) != len(chosen):
+                raise UserError(
+                    "search_space.layer_sets must hold non-empty sets of distinct layers in "
+                    f"[0, {num_layers - 1}] for this model, got {list(chosen)}"
+                )
+        return
+    layers, window = space.layers, space.window
     if layers.low > layers.high:
         raise UserError(
             f"search_space.layers.low <= high must hold, got low={layers.low}, high={layers.high}"
@@ -52,6 +88,26 @@ def validate(space: SearchSpaceConfig, num_layers: int) -> None:
             )
     if layers.step < 1:
         raise UserError(f"search_space.layers.step must be >= 1, got {layers.step}")
+    if not 1 <= window.low <= window.high:
+        raise UserError(
+            "search_space.window must satisfy 1 <= low <= high, "
+            f"got low={window.low}, high={window.high}"
+        )
+    if layers.high + window.high - 1 >= num_layers:
+        raise UserError(
+            "search_space.layers.high + window.high - 1 must be a layer of this model "
+            f"(<= {num_layers - 1}), got {layers.high} + {window.high} - 1 = "
+            f"{layers.high + window.high - 1}"
+        )
+
+
+def validate(space: SearchSpaceConfig, num_layers: int) -> None:
+    """Check every dimension against its rule and the model's layer count.
+
+    Raises:
+        UserError: the first rule broken, with the value that broke it.
+    """
+    _validate_layers(space, num_layers)
     alpha = space.alpha
     if alpha.low > alpha.high:
         raise UserError(
@@ -62,48 +118,116 @@ def validate(space: SearchSpaceConfig, num_layers: int) -> None:
     _check_subset("aggregation", space.aggregation, AGGREGATIONS)
     _check_subset("method", space.method, METHODS)
     _check_subset("positions", space.positions, POSITIONS)
+    _check_subset("mode", space.mode, MODES)
     if space.alpha_scale not in ALPHA_SCALES:
         raise UserError(
             f"search_space.alpha_scale must be one of {list(ALPHA_SCALES)}, "
             f"got {space.alpha_scale!r}"
         )
+    derived_params(space)
 
 
 def distributions(space: SearchSpaceConfig) -> dict[str, BaseDistribution]:
-    """The Optuna distribution of every trial parameter."""
-    return {
-        "layer": IntDistribution(space.layers.low, space.layers.high, step=space.layers.step),
-        "alpha": FloatDistribution(space.alpha.low, space.alpha.high, log=space.alpha.log),
-        "aggregation": CategoricalDistribution(list(space.aggregation)),
-        "method": CategoricalDistribution(list(space.method)),
-        "positions": CategoricalDistribution(list(space.positions)),
-    }
+    """The Optuna distribution of every trial parameter (`alpha`: add modes only)."""
+    out: dict[str, BaseDistribution] = {}
+    if space.layer_sets:
+        out["layer_set"] = CategoricalDistribution([set_name(s) for s in space.layer_sets])
+    else:
+        out["layer"] = IntDistribution(space.layers.low, space.layers.high, step=space.layers.step)
+        out["window"] = IntDistribution(space.window.low, space.window.high)
+    out["aggregation"] = CategoricalDistribution(list(space.aggregation))
+    out["method"] = CategoricalDistribution(list(space.method))
+    out["positions"] = CategoricalDistribution(list(space.positions))
+    out["mode"] = CategoricalDistribution(list(space.mode))
+    out["alpha"] = FloatDistribution(space.alpha.low, space.alpha.high, log=space.alpha.log)
+    return out
 
 
-def suggest(trial: optuna.Trial, space: SearchSpaceConfig) -> dict[str, Any]:
-    """Ask the trial for one value of every parameter, in a fixed order."""
-    return {
-        "layer": trial.suggest_int(
-            "layer", space.layers.low, space.layers.high, step=space.layers.step
-        ),
-        "alpha": trial.suggest_float(
-            "alpha", space.alpha.low, space.alpha.high, log=space.alpha.log
-        ),
-        "aggregation": trial.suggest_categorical("aggregation", list(space.aggregation)),
-        "method": trial.suggest_categorical("method", list(space.method)),
-        "positions": trial.suggest_categorical("positions", list(space.positions)),
-    }
+def suggest(
+    trial: optuna.Trial, space: SearchSpaceConfig, baseline: bool = False
+) -> dict[str, Any]:
+    """Ask the trial for every dimension that applies, in a fixed order; return `resolve`d params.
+
+    `baseline`: the enqueued unsteered trial, which asks for its fixed alpha = 0 in any mode.
+    """
+    if space.layer_sets:
+        trial.suggest_categorical("layer_set", [set_name(s) for s in space.layer_sets])
+    else:
+        trial.suggest_int("layer", space.layers.low, space.layers.high, step=space.layers.step)
+        trial.suggest_int("window", space.window.low, space.window.high)
+    # mode before alpha (alpha depends on it); a one-value dimension draws nothing from the
+    # sampler, so a space without new dimensions samples exactly as before they existed.
+    mode = trial.suggest_categorical("mode", list(space.mode))
+    if mode in ADD_MODES or baseline:
+        trial.suggest_float("alpha", space.alpha.low, space.alpha.high, log=space.alpha.log)
+    trial.suggest_categorical("aggregation", list(space.aggregation))
+    trial.suggest_categorical("method", list(space.method))
+    trial.suggest_categorical("positions", list(space.positions))
+    return resolve(trial.params, space)
+
+
+def steered_layers(params: dict[str, Any]) -> list[int]:
+    """The layers a resolved trial steers, ascending."""
+    if "layer_set" in params:
+        return sorted(int(x) for x in str(params["layer_set"]).split(","))
+    first = int(params["layer"])
+    return list(range(first, first + int(params.get("window", 1))))
+
+
+def resolve(params: dict[str, Any], space: SearchSpaceConfig) -> dict[str, Any]:
+    """Complete a trial's sampled params: absent dimensions get their fixed value, and every
+    derived param is evaluated (those reading an absent symbol, e.g. alpha under ablate, skipped).
+
+    Also accepts params of studies made before `mode` and `window` existed (add, one layer).
+    """
+    out = dict(params)
+    out.setdefault("mode", "add")
+    if out["mode"] == "ablate":
+        out.setdefault("alpha", ABLATE_ALPHA)
+    layers = steered_layers(out)
+    if "layer_set" in out:
+        out["layer"] = layers[0]
+    out["window"] = len(layers)
+    numbers = {"layer": out["layer"], "window": out["window"]}
+    if out["mode"] in ADD_MODES or "alpha" in params:
+        numbers["alpha"] = out["alpha"]
+    for d in derived_params(space):
+        value = d.evaluate(numbers)
+        if value is not None:
+            out[d.name] = value
+    return out
+
+
+def layer_scales(params: dict[str, Any], space: SearchSpaceConfig) -> dict[int, float]:
+    """Per-layer multiplier of alpha: `layer_alpha / alpha` (add modes), 1 for `ablate`."""
+    layers = steered_layers(params)
+    named = {d.name: d for d in derived_params(space)}
+    if params.get("mode", "add") == "ablate" or LAYER_ALPHA not in named:
+        return dict.fromkeys(layers, 1.0)
+    scale = layer_scale(named[LAYER_ALPHA])
+    values = {"layer": params["layer"], "window": len(layers)}
+    number = Derived("scale", str(scale), scale).evaluate(values)
+    assert number is not None
+    return dict.fromkeys(layers, number)
 
 
 def baseline_params(space: SearchSpaceConfig) -> dict[str, Any]:
     """Params of the unsteered baseline trial: alpha = 0, the rest at a cheap valid value."""
-    return {
-        "layer": (space.layers.low + space.layers.high) // 2,
-        "alpha": 0.0,
-        "aggregation": space.aggregation[0],
-        "method": space.method[0],
+    out: dict[str, Any] = {}
+    if space.layer_sets:
+        out["layer_set"] = set_name(space.layer_sets[0])
+    else:
+        out["layer"] = (space.layers.low + space.layers.high) // 2
+        out["window"] = space.window.low
+    adds = [m for m in space.mode if m in ADD_MODES]
+    out.update(
+        aggregation=space.aggregation[0],
+        method=space.method[0],
         # alpha = 0 steers nothing: take the positions whose scoring is cheapest.
-        "positions": "prompt_end_onward"
+        positions="prompt_end_onward"
         if "prompt_end_onward" in space.positions
         else space.positions[0],
-    }
+        mode=adds[0] if adds else space.mode[0],
+        alpha=0.0,
+    )
+    return out

@@ -85,6 +85,22 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2: LoadedMode
 
 
 @pytest.fixture(scope="session")
+def tiny_finetuned_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The tiny Llama with every weight nudged: a stand-in "finetuned" model for model_diff."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llama-finetuned")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * param.std() * torch.randn(param.shape, generator=g))
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny(tiny_model_dir: Path) -> LoadedModel:
     """The tiny random Llama, loaded."""
     return load_model(ModelConfig(name_or_path=str(tiny_model_dir), gguf_file=None))
