@@ -359,7 +359,9 @@ def write_bundle(
             str(vec_path),
             metadata={"trait": trait, "alpha": str(how["alpha"]), "mode": how["mode"]},
         )
-        meta["control_vector"] = _control_vector(tmp, meta, vectors)
+        # llama.cpp has one scale for all layers: fold each layer's share of alpha in.
+        scaled = {layer: v * how["scales"].get(layer, 1.0) for layer, v in vectors.items()}
+        meta["control_vector"] = _control_vector(tmp, meta, scaled)
         (tmp / "config.yaml").write_text(_experiment_yaml(cfg, trial))
         (tmp / "README.md").write_text(model_card(meta))
         files = [vector_relpath(trait), "config.yaml", "README.md"]
