@@ -141,7 +141,11 @@ def open_study(cfg: RunConfig, create: bool = True, join: bool = True) -> optuna
                 skip_if_exists=True,
             )
     elif join:
-        diffs = [d for k in FINGERPRINT_KEYS for d in _differences(stored[k], record[k], f"{k}.")]
+        diffs = [
+            d
+            for k in FINGERPRINT_KEYS
+            for d in _differences(stored.get(k) or {}, record[k], f"{k}.")
+        ]
         if diffs:
             raise UserError(
                 f"study {cfg.study.name!r} was made with another config ({'; '.join(diffs)}); "

@@ -1,0 +1,163 @@
+"""Vector building per method from the activation cache vs re-extracting activations each trial,
+and steered vs unsteered forward time per mode, on the shipped SmolLM2-135M. Side by side, one run.
+
+    python -m bench.methods [--quick]   -> prints tables, rewrites BENCHMARKS.md's section
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench.report import write_section
+from hpo import ModelConfig, TaskConfig
+from hpo.activations import ActivationCache, extract_activations, load_or_build
+from hpo.batching import pad_left
+from hpo.methods import VectorBuilder
+from hpo.models import LoadedModel, load_model
+from hpo.steering import steer
+from hpo.tasks import load_task
+from objectives import make_objective
+from objectives._base import ContrastivePair
+
+LAYER = 15
+AGGREGATION = "mean"
+
+
+def _pairs(loaded: LoadedModel) -> list[ContrastivePair]:
+    """The sentiment task's train pairs (the demo's), as a trial would see them."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        raw = compose(config_name="hpo", overrides=["experiment=demo"])
+    task = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TaskConfig), raw.task))
+    assert isinstance(task, TaskConfig)
+    objective = make_objective(task, loaded.tokenizer)
+    return objective.train_pairs(load_task(task).train)
+
+
+def _median_s(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _finetuned_stand_in(cache: ActivationCache) -> ActivationCache:
+    """model_diff's second cache: the base cache shifted (timing only; the math is the same)."""
+    return ActivationCache({k: v + 0.01 for k, v in cache.tensors.items()}, "shifted")
+
+
+def vector_build_table(loaded: LoadedModel, quick: bool) -> str:
+    """ms per trial to build one layer's vector from the cache vs re-extracting first."""
+    pairs = _pairs(loaded)
+    cache = load_or_build(loaded, pairs)
+    finetuned = _finetuned_stand_in(cache)
+    extract_s = _median_s(lambda: extract_activations(loaded, pairs), 1 if quick else 3)
+    rows = [
+        f"Sentiment train pairs: {len(pairs)}; layer {LAYER}, aggregation `{AGGREGATION}`, "
+        "relative scale. *Cache*: a fresh builder per trial (the probe is fitted each time); "
+        "*re-extract*: one extraction forward pass over the pairs (both models for "
+        "model_diff) and then the same build, as a loop without the cache would do per trial.",
+        "",
+        "| method | from cache (ms) | re-extract + build (ms) | ratio |",
+        "|---|---|---|---|",
+    ]
+    for method in ("caa", "pca", "probe", "model_diff"):
+
+        def build(method: str = method) -> None:
+            VectorBuilder(cache, finetuned).vector(method, AGGREGATION, LAYER, "relative")
+
+        build()  # warm-up (first-call allocations)
+        cached = _median_s(build, 5 if quick else 20)
+        extract = extract_s * (2 if method == "model_diff" else 1)
+        total = extract + cached
+        rows.append(
+            f"| {method} | {cached * 1000:.2f} | {total * 1000:.0f} | {total / cached:,.0f}x |"
+        )
+    return "\n".join(rows)
+
+
+def _batch(loaded: LoadedModel) -> dict[str, torch.Tensor]:
+    texts = [p.prompt + " " + p.positive for p in _pairs(loaded)[:16]]
+    ids = [loaded.tokenizer.encode(t) for t in texts]
+    return pad_left(ids, loaded.tokenizer.pad_token_id, loaded.device)
+
+
+def forward_overhead_table(loaded: LoadedModel, quick: bool) -> str:
+    """Median forward time unsteered vs steered per mode, rounds interleaved to share noise."""
+    inputs = _batch(loaded)
+    hidden = loaded.shape.hidden_size
+    vector = torch.randn(hidden, generator=torch.Generator().manual_seed(0))
+    configs: dict[str, dict[int, torch.Tensor]] = {
+        "1 layer": {LAYER: vector},
+        "3-layer window": {LAYER + i: vector for i in range(3)},
+    }
+    rounds = 3 if quick else 30
+
+    def forward() -> None:
+        with torch.inference_mode():
+            loaded.model(**inputs, use_cache=False)
+
+    forward()
+    cases: list[tuple[str, str, dict[int, torch.Tensor] | None]] = [("unsteered", "add", None)]
+    cases += [
+        (f"{mode}, {name}", mode, vecs)
+        for name, vecs in configs.items()
+        for mode in ("add", "add_norm_preserving", "ablate")
+    ]
+    times: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+    for _ in range(rounds):
+        for label, mode, vecs in cases:
+            if vecs is None:
+                started = time.perf_counter()
+                forward()
+            else:
+                scales = {layer: 1 / len(vecs) for layer in vecs}
+                blocks = loaded.blocks
+                with steer(loaded.model, blocks, vecs, 0.5, "all", mode=mode, scales=scales):
+                    started = time.perf_counter()
+                    forward()
+            times[label].append(time.perf_counter() - started)
+    base = statistics.median(times["unsteered"])
+    shape = tuple(inputs["input_ids"].shape)
+    rows = [
+        f"One forward pass of a {shape[0]} x {shape[1]} token batch, positions `all`, median of "
+        f"{rounds} interleaved rounds. Goal: overhead under 3%.",
+        "",
+        "| application | forward (ms) | overhead |",
+        "|---|---|---|",
+        f"| unsteered | {base * 1000:.1f} | - |",
+    ]
+    for label, _, _ in cases[1:]:
+        t = statistics.median(times[label])
+        rows.append(f"| {label} | {t * 1000:.1f} | {(t / base - 1) * 100:+.1f}% |")
+    return "\n".join(rows)
+
+
+def main(quick: bool = False) -> None:
+    """Run both comparisons on the shipped model and write BENCHMARKS.md's `methods` section."""
+    loaded = load_model(ModelConfig())
+    threads = torch.get_num_threads()
+    build = vector_build_table(loaded, quick)
+    forward = forward_overhead_table(loaded, quick)
+    where = (
+        f"SmolLM2-135M-Instruct, float32, {loaded.device}, {threads} torch threads, "
+        f"{platform.processor() or platform.machine()}; {'quick' if quick else 'full'} run."
+    )
+    body = f"{where}\n\n### Vector per trial\n\n{build}\n\n### Steering overhead\n\n{forward}"
+    print(body)
+    write_section(Path("BENCHMARKS.md"), "methods", "Methods and modes", body)
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv[1:])
