@@ -1,21 +1,18 @@
 """Vector building per method from the activation cache vs re-extracting activations each trial,
 and steered vs unsteered forward time per mode, on the shipped SmolLM2-135M. Side by side, one run.
 
-    python -m bench.methods [--quick]   -> prints tables, rewrites BENCHMARKS.md's section
+    python -m bench.methods [--quick]   -> prints tables; without --quick rewrites BENCHMARKS.md
 """
 
 from __future__ import annotations
 
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from bench.report import write_section
+from bench.common import command, machine_line, publish, quick_flag
 from hpo import ModelConfig, TaskConfig
 from hpo.activations import ActivationCache, extract_activations, load_or_build
 from hpo.batching import pad_left
@@ -145,19 +142,17 @@ def forward_overhead_table(loaded: LoadedModel, quick: bool) -> str:
 
 
 def main(quick: bool = False) -> None:
-    """Run both comparisons on the shipped model and write BENCHMARKS.md's `methods` section."""
+    """Run both comparisons on the shipped model; write BENCHMARKS.md's `methods` section."""
     loaded = load_model(ModelConfig())
-    threads = torch.get_num_threads()
     build = vector_build_table(loaded, quick)
     forward = forward_overhead_table(loaded, quick)
-    where = (
-        f"SmolLM2-135M-Instruct, float32, {loaded.device}, {threads} torch threads, "
-        f"{platform.processor() or platform.machine()}; {'quick' if quick else 'full'} run."
+    body = (
+        f"SmolLM2-135M-Instruct, float32, {loaded.device}.\n\n### Vector per trial\n\n{build}"
+        f"\n\n### Steering overhead\n\n{forward}\n\n"
+        f"{machine_line(command('methods', quick))}"
     )
-    body = f"{where}\n\n### Vector per trial\n\n{build}\n\n### Steering overhead\n\n{forward}"
-    print(body)
-    write_section(Path("BENCHMARKS.md"), "methods", "Methods and modes", body)
+    publish("methods", "Methods and modes", body, quick)
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv[1:])
+    main(quick=quick_flag())

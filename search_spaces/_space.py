@@ -189,7 +189,7 @@ def resolve(params: dict[str, Any], space: SearchSpaceConfig) -> dict[str, Any]:
         out["layer"] = layers[0]
     out["window"] = len(layers)
     numbers = {"layer": out["layer"], "window": out["window"]}
-    if out["mode"] in ADD_MODES or "alpha" in params:
+    if "alpha" in out and (out["mode"] in ADD_MODES or "alpha" in params):
         numbers["alpha"] = out["alpha"]
     for d in derived_params(space):
         value = d.evaluate(numbers)
