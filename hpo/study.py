@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 import optuna
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.exceptions import ExperimentalWarning
@@ -97,10 +98,10 @@ def open_study(cfg: RunConfig, create: bool = True, join: bool = True) -> optuna
     storage = create_storage(cfg.storage, url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # TPE's `group` is experimental
-        sampler = instantiate(OmegaConf.create(_seeded(cfg))) if cfg.sampler else None
+        sampler = _instantiate("sampler", _seeded(cfg)) if cfg.sampler else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # WilcoxonPruner is experimental
-        pruner = instantiate(OmegaConf.create(cfg.pruner)) if cfg.pruner else None
+        pruner = _instantiate("pruner", cfg.pruner) if cfg.pruner else None
     metrics = study_metrics(cfg.task.objective)
     if len(metrics) > 1 and pruner is not None and not isinstance(pruner, NopPruner):
         log.log(
@@ -222,6 +223,18 @@ def check_model_diff(cfg: RunConfig, shape: ModelShape) -> None:
         )
 
 
+def _instantiate(group: str, node: dict[str, Any]) -> Any:
+    """Build a sampler or pruner from its config; a key it does not take is a user error."""
+    try:
+        return instantiate(OmegaConf.create(node))
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        raise UserError(
+            f"{group} {node.get('_target_')} cannot be built from {group} config "
+            f"{ {k: v for k, v in node.items() if k != '_target_'} }: {cause}"
+        ) from e
+
+
 def check_config(cfg: RunConfig) -> TaskSplits:
     """Check all that can be checked before a model loads or a study is created.
 
@@ -229,6 +242,11 @@ def check_config(cfg: RunConfig) -> TaskSplits:
     columns it needs, and the task's data and splits. Returns the loaded splits.
     """
     check_task(cfg.task)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        for group, node in (("sampler", cfg.sampler), ("pruner", cfg.pruner)):
+            if node:
+                _instantiate(group, dict(node))
     shape = read_shape(cfg.model)
     validate(cfg.search_space, shape.num_layers)
     check_model_diff(cfg, shape)

@@ -88,6 +88,10 @@ BAD_INPUTS = [
     (["optimize", "study.n_trials=many"], r"invalid config \(at study.n_trials\)"),
     (["optimize", "model.dtype=float8"], r"model.dtype must be one of .*got 'float8'"),
     (["optimize", "task.splits.train=500"], r"splits need train\+validation\+test=580 rows"),
+    (
+        ["optimize", "pruner=wilcoxon", "+pruner.n_startup_trials=3"],
+        r"pruner optuna.pruners.WilcoxonPruner cannot be built from .*n_startup_trials",
+    ),
     (["explode"], r"unknown verb 'explode'; verbs: optimize"),
     (["status", "storage=postgres"], r"this storage needs a URL: set HPO_STORAGE_URL"),
     (["generate", "bundle=/nonexistent/bundle", "prompt=hi"], r"does not exist"),
