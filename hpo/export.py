@@ -131,6 +131,27 @@ def measure(worker: Worker, trial: FrozenTrial, study: optuna.Study) -> dict[str
                 test_rows[:3], baseline.extras["texts"], steered.extras["texts"], strict=False
             )
         ]
+        refs = steered.extras.get("references") or []
+        for i, sample in enumerate(extra["samples"]):
+            if i < len(refs) and refs[i] is not None:
+                sample["reference"] = refs[i]
+                sample["correct"] = {
+                    "unsteered": baseline.per_item[i],
+                    "steered": steered.per_item[i],
+                }
+    if "counts" in steered.extras:  # answers that could not be parsed (scored as wrong)
+        extra["unparsed"] = {
+            "steered": steered.extras["counts"],
+            "baseline": baseline.extras.get("counts", {}),
+        }
+    if "per_item_accuracy" in steered.extras and "per_item_accuracy" in baseline.extras:
+        s_acc, b_acc = steered.extras["per_item_accuracy"], baseline.extras["per_item_accuracy"]
+        a_lo, a_hi = bootstrap_diff_ci(s_acc, b_acc, seed=worker.cfg.study.seed)
+        extra["accuracy"] = {
+            "steered": steered.extras["accuracy"],
+            "baseline": baseline.extras["accuracy"],
+            "ci95": [a_lo, a_hi],
+        }
     constraints = steered.extras.get("constraints", {})
     feasible = all(v <= 0 for v in constraints.values())
     if "fluency" in steered.extras:

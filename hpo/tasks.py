@@ -81,6 +81,11 @@ def _checked_rows(task: str, source: str, columns: dict[str, str], key: str) -> 
 def _check_template(cfg: TaskConfig, row: Row) -> None:
     known = {"prompt", *row} | ({"options"} if cfg.objective.kind == "multiple_choice" else set())
     for _, name, _, _ in string.Formatter().parse(cfg.prompt_template):
+        if name == "" or (name is not None and name.isdigit()):
+            raise UserError(
+                f"task {cfg.name!r}: task.prompt_template has an unnamed field {{{name}}}; "
+                "write {{ and }} for literal braces"
+            )
         if name is not None and name not in known:
             raise UserError(
                 f"task {cfg.name!r}: task.prompt_template names an unknown field {{{name}}}; "

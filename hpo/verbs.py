@@ -42,6 +42,20 @@ def _print_results(meta: dict[str, Any], path: Path) -> None:
             for k, v in test["per_letter"]["steered"].items()
         )
         print(f"per letter  {letters}")
+    acc = test.get("accuracy")
+    if acc:
+        print(
+            f"accuracy    baseline {acc['baseline']:.4f} -> steered {acc['steered']:.4f}  "
+            f"difference {acc['steered'] - acc['baseline']:+.4f} "
+            f"[95% CI {acc['ci95'][0]:+.4f}, {acc['ci95'][1]:+.4f}]"
+        )
+    unparsed = test.get("unparsed")
+    if unparsed and (any(unparsed["baseline"].values()) or any(unparsed["steered"].values())):
+        shown = ", ".join(
+            f"{k} {unparsed['baseline'].get(k, 0)} -> {unparsed['steered'][k]}"
+            for k in unparsed["steered"]
+        )
+        print(f"unreadable  {shown} (answers scored as wrong)")
     fluency = test.get("fluency")
     if fluency:
         s, b = fluency["steered"], fluency["baseline"]
@@ -68,6 +82,10 @@ def _print_results(meta: dict[str, Any], path: Path) -> None:
         print(f"\nprompt      {sample['prompt']}")
         print(f"  unsteered {sample['unsteered']}")
         print(f"  steered   {sample['steered']}")
+        if "reference" in sample:
+            u, s = ("right" if sample["correct"][k] else "wrong" for k in ("unsteered", "steered"))
+            gold = " ".join(str(sample["reference"]).split())[-60:]
+            print(f"  gold      ...{gold}  (unsteered {u}, steered {s})")
     if test.get("samples"):
         print()
     for warning in meta["metrics"]["warnings"]:
