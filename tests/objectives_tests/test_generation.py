@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from hpo import UserError
 from hpo.export import pick_trial
+from hpo.models import LoadedModel
 from hpo.study import check_config, open_study, prepare_worker, run_trials
 from hpo.trial import BASELINE_ATTR
 from objectives.fluency import distinct2, perplexities
@@ -100,3 +101,23 @@ def test_generation_reports_mean_generated_tokens_up_to_eos(tiny_model_dir: Path
     assert result.metric_items["tokens"] == [float(n) for n in lengths]
     assert result.metrics["tokens"] == sum(lengths) / 2
     assert all(0 <= n <= 6 for n in lengths)
+
+
+def test_math_generation_on_smollm2_reads_the_answers_it_gets_right(smollm2: LoadedModel) -> None:
+    from objectives import make_objective
+
+    cfg = compose_run("task=gsm8k", "task.objective.max_new_tokens=40")
+    objective = make_objective(cfg.task, smollm2.tokenizer)
+    rows = [
+        {
+            "question": "Tom has 2 apples and buys 3 more. How many apples does he have now?",
+            "answer": "2 + 3 = <<2+3=5>>5\n#### 5",
+        },
+        {"question": "A box holds 12 eggs. How many eggs are in 3 boxes?", "answer": "#### 36"},
+    ]
+    result = objective.score(smollm2.model, objective.prepare(rows))
+    # measured: greedy SmolLM2 works both out and ends "The answer is 5." / "... 36."
+    assert result.per_item == [1.0, 1.0], result.extras["texts"]
+    assert result.extras["extracted"] == ["5", "36"]
+    assert result.extras["counts"] == {"n_unparsed": 0, "n_timeout": 0}
+    assert all(t.endswith(".") and "Question:" not in t for t in result.extras["texts"])
