@@ -1,5 +1,6 @@
 """Vector building per method from the activation cache vs re-extracting activations each trial,
-and steered vs unsteered forward time per mode, on the shipped SmolLM2-135M. Side by side, one run.
+and steered vs unsteered forward and generation time per mode (and positions), on the shipped
+SmolLM2-135M. Side by side, one run.
 
     python -m bench.methods [--quick]   -> prints tables; without --quick rewrites BENCHMARKS.md
 """
@@ -141,14 +142,64 @@ def forward_overhead_table(loaded: LoadedModel, quick: bool) -> str:
     return "\n".join(rows)
 
 
+def generation_overhead_table(loaded: LoadedModel, quick: bool) -> str:
+    """Median greedy-generation time unsteered vs steered per mode x positions, interleaved."""
+    from hpo.generation import generate_ids
+
+    prompts = [loaded.tokenizer.encode(p.prompt) for p in _pairs(loaded)[: 4 if quick else 8]]
+    new = 8 if quick else 24
+    vector = torch.randn(loaded.shape.hidden_size, generator=torch.Generator().manual_seed(0))
+    # A tiny alpha: the steered text stays (nearly) the unsteered text, so every case decodes
+    # the same number of tokens and only the hook's cost differs.
+    alpha = 1e-6
+    rounds = 2 if quick else 9
+    cases: list[tuple[str, str, str | None]] = [("unsteered", "add", None)]
+    cases += [
+        (f"{mode}, {positions}", mode, positions)
+        for mode in ("add", "add_norm_preserving", "ablate")
+        for positions in ("all", "prompt_end_onward", "generated")
+    ]
+    times: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+    lengths: dict[str, int] = {}
+    generate_ids(loaded.model, loaded.tokenizer, prompts, 2)  # warm-up
+    for _ in range(rounds):
+        for label, mode, positions in cases:
+            if positions is None:
+                started = time.perf_counter()
+                out = generate_ids(loaded.model, loaded.tokenizer, prompts, new)
+            else:
+                vecs = {LAYER: vector}
+                with steer(
+                    loaded.model, loaded.blocks, vecs, alpha, positions, mode=mode
+                ) as handle:
+                    started = time.perf_counter()
+                    out = generate_ids(loaded.model, loaded.tokenizer, prompts, new, handle)
+            times[label].append(time.perf_counter() - started)
+            lengths[label] = sum(len(row) for row in out)
+    base = statistics.median(times["unsteered"])
+    rows = [
+        f"Greedy generation of {len(prompts)} prompts x {new} new tokens (one left-padded batch, "
+        f"KV cache), one layer ({LAYER}), median of {rounds} interleaved rounds.",
+        "",
+        "| application | generation (s) | new tokens | overhead |",
+        "|---|---|---|---|",
+        f"| unsteered | {base:.2f} | {lengths['unsteered']} | - |",
+    ]
+    for label, _, _ in cases[1:]:
+        t = statistics.median(times[label])
+        rows.append(f"| {label} | {t:.2f} | {lengths[label]} | {(t / base - 1) * 100:+.1f}% |")
+    return "\n".join(rows)
+
+
 def main(quick: bool = False) -> None:
-    """Run both comparisons on the shipped model; write BENCHMARKS.md's `methods` section."""
+    """Run the comparisons on the shipped model; write BENCHMARKS.md's `methods` section."""
     loaded = load_model(ModelConfig())
     build = vector_build_table(loaded, quick)
     forward = forward_overhead_table(loaded, quick)
+    generation = generation_overhead_table(loaded, quick)
     body = (
         f"SmolLM2-135M-Instruct, float32, {loaded.device}.\n\n### Vector per trial\n\n{build}"
-        f"\n\n### Steering overhead\n\n{forward}\n\n"
+        f"\n\n### Steering overhead\n\n{forward}\n\n{generation}\n\n"
         f"{machine_line(command('methods', quick))}"
     )
     publish("methods", "Methods and modes", body, quick)
