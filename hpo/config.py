@@ -75,7 +75,7 @@ class FluencyConfig:
     """
 
     enabled: bool = True
-    max_perplexity_ratio: float = 5.0
+    max_perplexity_ratio: float = 3.0
     min_distinct2_ratio: float = 0.8
 
     def __post_init__(self) -> None:
