@@ -100,7 +100,7 @@ def forward_overhead_table(loaded: LoadedModel, quick: bool) -> str:
         "1 layer": {LAYER: vector},
         "3-layer window": {LAYER + i: vector for i in range(3)},
     }
-    rounds = 3 if quick else 30
+    rounds = 3 if quick else 15
 
     def forward() -> None:
         with torch.inference_mode():
@@ -147,12 +147,12 @@ def generation_overhead_table(loaded: LoadedModel, quick: bool) -> str:
     from hpo.generation import generate_ids
 
     prompts = [loaded.tokenizer.encode(p.prompt) for p in _pairs(loaded)[: 4 if quick else 8]]
-    new = 8 if quick else 24
+    new = 8 if quick else 16
     vector = torch.randn(loaded.shape.hidden_size, generator=torch.Generator().manual_seed(0))
     # A tiny alpha: the steered text stays (nearly) the unsteered text, so every case decodes
     # the same number of tokens and only the hook's cost differs.
     alpha = 1e-6
-    rounds = 2 if quick else 9
+    rounds = 2 if quick else 7
     cases: list[tuple[str, str, str | None]] = [("unsteered", "add", None)]
     cases += [
         (f"{mode}, {positions}", mode, positions)
