@@ -126,19 +126,24 @@ def forward_overhead_table(loaded: LoadedModel, quick: bool) -> str:
                     started = time.perf_counter()
                     forward()
             times[label].append(time.perf_counter() - started)
-    base = statistics.median(times["unsteered"])
     shape = tuple(inputs["input_ids"].shape)
-    rows = [
+    intro = (
         f"One forward pass of a {shape[0]} x {shape[1]} token batch, positions `all`, median of "
-        f"{rounds} interleaved rounds. Goal: overhead under 3%.",
-        "",
-        "| application | forward (ms) | overhead |",
-        "|---|---|---|",
-        f"| unsteered | {base * 1000:.1f} | - |",
-    ]
-    for label, _, _ in cases[1:]:
-        t = statistics.median(times[label])
-        rows.append(f"| {label} | {t * 1000:.1f} | {(t / base - 1) * 100:+.1f}% |")
+        f"{rounds} interleaved rounds. Goal: overhead under 3%."
+    )
+    return _overhead_table(intro, "forward (ms)", times, lambda t: f"{t * 1000:.1f}")
+
+
+def _overhead_table(
+    intro: str, column: str, times: dict[str, list[float]], fmt: Callable[[float], str]
+) -> str:
+    """A markdown table of median times per case and their overhead vs `unsteered`."""
+    base = statistics.median(times["unsteered"])
+    rows = [intro, "", f"| application | {column} | overhead |", "|---|---|---|"]
+    for label, values in times.items():
+        t = statistics.median(values)
+        overhead = "-" if label == "unsteered" else f"{(t / base - 1) * 100:+.1f}%"
+        rows.append(f"| {label} | {fmt(t)} | {overhead} |")
     return "\n".join(rows)
 
 
@@ -176,19 +181,14 @@ def generation_overhead_table(loaded: LoadedModel, quick: bool) -> str:
                     out = generate_ids(loaded.model, loaded.tokenizer, prompts, new, handle)
             times[label].append(time.perf_counter() - started)
             lengths[label] = sum(len(row) for row in out)
-    base = statistics.median(times["unsteered"])
-    rows = [
+    low, high = min(lengths.values()), max(lengths.values())
+    decoded = f"{low} in every case" if low == high else f"{low}-{high} across cases"
+    intro = (
         f"Greedy generation of {len(prompts)} prompts x {new} new tokens (one left-padded batch, "
-        f"KV cache), one layer ({LAYER}), median of {rounds} interleaved rounds.",
-        "",
-        "| application | generation (s) | new tokens | overhead |",
-        "|---|---|---|---|",
-        f"| unsteered | {base:.2f} | {lengths['unsteered']} | - |",
-    ]
-    for label, _, _ in cases[1:]:
-        t = statistics.median(times[label])
-        rows.append(f"| {label} | {t:.2f} | {lengths[label]} | {(t / base - 1) * 100:+.1f}% |")
-    return "\n".join(rows)
+        f"KV cache), one layer ({LAYER}), median of {rounds} interleaved rounds; new tokens "
+        f"decoded: {decoded}."
+    )
+    return _overhead_table(intro, "generation (s)", times, lambda t: f"{t:.2f}")
 
 
 def main(quick: bool = False) -> None:
