@@ -7,6 +7,7 @@ SmolLM2-135M. Side by side, one run.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -91,8 +92,64 @@ def _batch(loaded: LoadedModel) -> dict[str, torch.Tensor]:
     return pad_left(ids, loaded.tokenizer.pad_token_id, loaded.device)
 
 
+def _hook_seconds(blocks: torch.nn.ModuleList, layers: list[int], hidden: torch.Tensor) -> float:
+    """Median seconds the installed steering hooks of `layers` take on one block output of the
+    shape of `hidden` (the real hook functions, called directly: exact, free of model noise)."""
+    hooks = [next(reversed(blocks[layer]._forward_hooks.values())) for layer in layers]
+    output = (hidden,)
+
+    def call() -> None:
+        for hook in hooks:
+            hook(blocks[0], (), output)
+
+    with torch.inference_mode():
+        call()
+        return _median_s(call, 50)
+
+
+def _paired_rounds(
+    cases: list[str], run: Callable[[str], float], rounds: int
+) -> dict[str, list[float]]:
+    """Each round times every case once, in a fresh random order (no case always first)."""
+    order = random.Random(0)
+    times: dict[str, list[float]] = {label: [] for label in cases}
+    for _ in range(rounds):
+        for label in order.sample(cases, len(cases)):
+            times[label].append(run(label))
+    return times
+
+
+def _overhead_table(
+    intro: str,
+    column: str,
+    times: dict[str, list[float]],
+    fmt: Callable[[float], str],
+    hooks: dict[str, float],
+) -> str:
+    """Median time per case, the paired overhead vs `unsteered` (median over rounds of the
+    ratio to the same round's unsteered time, with min-max) and the hooks' own share."""
+    base = statistics.median(times["unsteered"])
+    rows = [
+        intro,
+        "",
+        f"| application | {column} | end-to-end overhead, median (min-max) | hook compute |",
+        "|---|---|---|---|",
+    ]
+    for label, values in times.items():
+        if label == "unsteered":
+            rows.append(f"| {label} | {fmt(base)} | - | - |")
+            continue
+        ratios = [(t / u - 1) * 100 for t, u in zip(values, times["unsteered"], strict=True)]
+        rows.append(
+            f"| {label} | {fmt(statistics.median(values))} | "
+            f"{statistics.median(ratios):+.1f}% ({min(ratios):+.1f} to {max(ratios):+.1f}) | "
+            f"{hooks[label] / base * 100:.3f}% |"
+        )
+    return "\n".join(rows)
+
+
 def forward_overhead_table(loaded: LoadedModel, quick: bool) -> str:
-    """Median forward time unsteered vs steered per mode, rounds interleaved to share noise."""
+    """Forward time unsteered vs steered per mode (paired rounds), and the hooks' own cost."""
     inputs = _batch(loaded)
     hidden = loaded.shape.hidden_size
     vector = torch.randn(hidden, generator=torch.Generator().manual_seed(0))
@@ -100,95 +157,104 @@ def forward_overhead_table(loaded: LoadedModel, quick: bool) -> str:
         "1 layer": {LAYER: vector},
         "3-layer window": {LAYER + i: vector for i in range(3)},
     }
-    rounds = 3 if quick else 15
+    rounds = 3 if quick else 9
+    shape = tuple(inputs["input_ids"].shape)
+    sample = torch.randn(shape[0], shape[1], hidden)
 
     def forward() -> None:
         with torch.inference_mode():
             loaded.model(**inputs, use_cache=False)
 
     forward()
-    cases: list[tuple[str, str, dict[int, torch.Tensor] | None]] = [("unsteered", "add", None)]
-    cases += [
-        (f"{mode}, {name}", mode, vecs)
-        for name, vecs in configs.items()
-        for mode in ("add", "add_norm_preserving", "ablate")
-    ]
-    times: dict[str, list[float]] = {label: [] for label, _, _ in cases}
-    for _ in range(rounds):
-        for label, mode, vecs in cases:
-            if vecs is None:
-                started = time.perf_counter()
-                forward()
-            else:
-                scales = {layer: 1 / len(vecs) for layer in vecs}
-                blocks = loaded.blocks
-                with steer(loaded.model, blocks, vecs, 0.5, "all", mode=mode, scales=scales):
-                    started = time.perf_counter()
-                    forward()
-            times[label].append(time.perf_counter() - started)
-    shape = tuple(inputs["input_ids"].shape)
+    cases: dict[str, tuple[str, dict[int, torch.Tensor]] | None] = {"unsteered": None}
+    for name, vecs in configs.items():
+        for mode in ("add", "add_norm_preserving", "ablate"):
+            cases[f"{mode}, {name}"] = (mode, vecs)
+    hooks: dict[str, float] = {}
+
+    def run(label: str) -> float:
+        case = cases[label]
+        if case is None:
+            started = time.perf_counter()
+            forward()
+            return time.perf_counter() - started
+        mode, vecs = case
+        scales = {layer: 1 / len(vecs) for layer in vecs}
+        with steer(loaded.model, loaded.blocks, vecs, 0.5, "all", mode=mode, scales=scales):
+            started = time.perf_counter()
+            forward()
+            elapsed = time.perf_counter() - started
+            if label not in hooks:
+                hooks[label] = _hook_seconds(loaded.blocks, list(vecs), sample)
+        return elapsed
+
+    times = _paired_rounds(list(cases), run, rounds)
     intro = (
-        f"One forward pass of a {shape[0]} x {shape[1]} token batch, positions `all`, median of "
-        f"{rounds} interleaved rounds. Goal: overhead under 3%."
+        f"One forward pass of a {shape[0]} x {shape[1]} token batch, positions `all`, "
+        f"{rounds} rounds. *End-to-end*: steered / unsteered time of the same round - 1, "
+        "which at this size is dominated by run-to-run noise; *hook compute*: the installed "
+        "hooks called directly on a block output of the same shape (all steered layers), as "
+        "a share of the unsteered forward. Goal: overhead under 3%."
     )
-    return _overhead_table(intro, "forward (ms)", times, lambda t: f"{t * 1000:.1f}")
-
-
-def _overhead_table(
-    intro: str, column: str, times: dict[str, list[float]], fmt: Callable[[float], str]
-) -> str:
-    """A markdown table of median times per case and their overhead vs `unsteered`."""
-    base = statistics.median(times["unsteered"])
-    rows = [intro, "", f"| application | {column} | overhead |", "|---|---|---|"]
-    for label, values in times.items():
-        t = statistics.median(values)
-        overhead = "-" if label == "unsteered" else f"{(t / base - 1) * 100:+.1f}%"
-        rows.append(f"| {label} | {fmt(t)} | {overhead} |")
-    return "\n".join(rows)
+    return _overhead_table(intro, "forward (ms)", times, lambda t: f"{t * 1000:.1f}", hooks)
 
 
 def generation_overhead_table(loaded: LoadedModel, quick: bool) -> str:
-    """Median greedy-generation time unsteered vs steered per mode x positions, interleaved."""
+    """Greedy-generation time unsteered vs steered per mode x positions (paired rounds), and
+    the hooks' own cost (the prompt pass plus one call per decoded token)."""
     from hpo.generation import generate_ids
 
     prompts = [loaded.tokenizer.encode(p.prompt) for p in _pairs(loaded)[: 4 if quick else 8]]
     new = 8 if quick else 16
-    vector = torch.randn(loaded.shape.hidden_size, generator=torch.Generator().manual_seed(0))
+    hidden = loaded.shape.hidden_size
+    vector = torch.randn(hidden, generator=torch.Generator().manual_seed(0))
+    width = max(len(p) for p in prompts)
+    prefill, step = torch.randn(len(prompts), width, hidden), torch.randn(len(prompts), 1, hidden)
     # A tiny alpha: the steered text stays (nearly) the unsteered text, so every case decodes
     # the same number of tokens and only the hook's cost differs.
     alpha = 1e-6
-    rounds = 2 if quick else 7
-    cases: list[tuple[str, str, str | None]] = [("unsteered", "add", None)]
-    cases += [
-        (f"{mode}, {positions}", mode, positions)
-        for mode in ("add", "add_norm_preserving", "ablate")
-        for positions in ("all", "prompt_end_onward", "generated")
-    ]
-    times: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+    rounds = 2 if quick else 4
+    cases: dict[str, tuple[str, str] | None] = {"unsteered": None}
+    for mode in ("add", "add_norm_preserving", "ablate"):
+        for positions in ("all", "prompt_end_onward", "generated"):
+            cases[f"{mode}, {positions}"] = (mode, positions)
     lengths: dict[str, int] = {}
+    hooks: dict[str, float] = {}
     generate_ids(loaded.model, loaded.tokenizer, prompts, 2)  # warm-up
-    for _ in range(rounds):
-        for label, mode, positions in cases:
-            if positions is None:
+
+    def run(label: str) -> float:
+        case = cases[label]
+        if case is None:
+            started = time.perf_counter()
+            out = generate_ids(loaded.model, loaded.tokenizer, prompts, new)
+            elapsed = time.perf_counter() - started
+        else:
+            mode, positions = case
+            with steer(
+                loaded.model, loaded.blocks, {LAYER: vector}, alpha, positions, mode=mode
+            ) as handle:
                 started = time.perf_counter()
-                out = generate_ids(loaded.model, loaded.tokenizer, prompts, new)
-            else:
-                vecs = {LAYER: vector}
-                with steer(
-                    loaded.model, loaded.blocks, vecs, alpha, positions, mode=mode
-                ) as handle:
-                    started = time.perf_counter()
-                    out = generate_ids(loaded.model, loaded.tokenizer, prompts, new, handle)
-            times[label].append(time.perf_counter() - started)
-            lengths[label] = sum(len(row) for row in out)
+                out = generate_ids(loaded.model, loaded.tokenizer, prompts, new, handle)
+                elapsed = time.perf_counter() - started
+                if label not in hooks:
+                    handle.prompt_length, handle._past_length = width, 0  # the prompt pass
+                    first = _hook_seconds(loaded.blocks, [LAYER], prefill)
+                    handle._past_length = width  # a decoding step
+                    per_step = _hook_seconds(loaded.blocks, [LAYER], step)
+                    handle.prompt_length = None
+                    hooks[label] = first + (new - 1) * per_step
+        lengths[label] = sum(len(row) for row in out)
+        return elapsed
+
+    times = _paired_rounds(list(cases), run, rounds)
     low, high = min(lengths.values()), max(lengths.values())
     decoded = f"{low} in every case" if low == high else f"{low}-{high} across cases"
     intro = (
         f"Greedy generation of {len(prompts)} prompts x {new} new tokens (one left-padded batch, "
-        f"KV cache), one layer ({LAYER}), median of {rounds} interleaved rounds; new tokens "
-        f"decoded: {decoded}."
+        f"KV cache), one layer ({LAYER}), {rounds} rounds; new tokens decoded: {decoded}. "
+        "*Hook compute*: the hook on the prompt pass plus one call per decoded token."
     )
-    return _overhead_table(intro, "generation (s)", times, lambda t: f"{t:.2f}")
+    return _overhead_table(intro, "generation (s)", times, lambda t: f"{t:.2f}", hooks)
 
 
 def main(quick: bool = False) -> None:

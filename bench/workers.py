@@ -46,7 +46,7 @@ def per_trial_overhead_ms(url: str | None, n: int = 60) -> float:
     return (time.perf_counter() - started) / n * 1000
 
 
-def throughput(url: str, workers: int, n: int = 80) -> float:
+def throughput(url: str, workers: int, n: int = 50) -> float:
     """Trials/second of `workers` processes sharing one study (first start to last finish)."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     optuna.create_study(study_name=name, storage=create_storage(StorageConfig(), url))
@@ -65,8 +65,8 @@ def throughput(url: str, workers: int, n: int = 80) -> float:
 
 
 def real_model_wall_s(workers: int, out: Path) -> tuple[float, float]:
-    """`hpo optimize experiment=smoke` (8 trials, no export): wall time and trial span."""
-    args = ["experiment=smoke", "study.n_trials=8", "export.enabled=false"]
+    """`hpo optimize experiment=smoke` (6 trials, no export): wall time and trial span."""
+    args = ["experiment=smoke", "study.n_trials=6", "export.enabled=false"]
     cmd = [
         sys.executable,
         "-m",
@@ -90,7 +90,7 @@ def real_model_lines(tmp: Path) -> list[str]:
     one = real_model_wall_s(1, tmp / "w1")
     two = real_model_wall_s(2, tmp / "w2")
     return [
-        "Shipped model, `hpo optimize experiment=smoke study.n_trials=8` (sentiment, no export):",
+        "Shipped model, `hpo optimize experiment=smoke study.n_trials=6` (sentiment, no export):",
         "",
         "| workers | wall s | trial span s |",
         "|---|---|---|",
@@ -130,7 +130,7 @@ def main(quick: bool = False) -> None:
             ratio = statistics.median(values) / base
             lines.append(f"| {backend} | {_fmt(values)} | {ratio:.1f} |")
         head = " | ".join(str(n) for n in counts)
-        lines += ["", "Trials / second with N worker processes on one study (80 trials, 2 runs, "
+        lines += ["", "Trials / second with N worker processes on one study (50 trials, 2 runs, "
                   "first start to last finish):", "",
                   f"| storage | {head} |", "|---" * (len(counts) + 1) + "|"]  # fmt: skip
         for backend, url in urls.items():
