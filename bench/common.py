@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -28,11 +29,21 @@ def publish(key: str, title: str, body: str, quick: bool) -> None:
         write_section(BENCHMARKS, key, title, body)
 
 
-def interleaved(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each variant, in turn (A B C A B C ...): load drift hits all alike."""
+def interleaved(
+    variants: dict[str, Callable[[], Any]], repeats: int, shuffle_seed: int | None = None
+) -> dict[str, list[float]]:
+    """Seconds per call of each variant, in turn (A B C A B C ...): load drift hits all alike.
+
+    With `shuffle_seed`, each round runs the variants in a fresh random order (none always first).
+    """
     times: dict[str, list[float]] = {name: [] for name in variants}
+    order = random.Random(shuffle_seed)
     for _ in range(repeats):
-        for name, fn in variants.items():
+        names = list(variants)
+        if shuffle_seed is not None:
+            order.shuffle(names)
+        for name in names:
+            fn = variants[name]
             started = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - started)

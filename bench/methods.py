@@ -7,14 +7,13 @@ SmolLM2-135M. Side by side, one run.
 
 from __future__ import annotations
 
-import random
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
-from bench.common import command, machine_line, publish, quick_flag
+from bench.common import command, interleaved, machine_line, publish, quick_flag, ratios
 from hpo import ModelConfig, TaskConfig
 from hpo.activations import ActivationCache, extract_activations, load_or_build
 from hpo.batching import pad_left
@@ -107,18 +106,6 @@ def _hook_seconds(blocks: torch.nn.ModuleList, layers: list[int], hidden: torch.
         return _median_s(call, 50)
 
 
-def _paired_rounds(
-    cases: list[str], run: Callable[[str], float], rounds: int
-) -> dict[str, list[float]]:
-    """Each round times every case once, in a fresh random order (no case always first)."""
-    order = random.Random(0)
-    times: dict[str, list[float]] = {label: [] for label in cases}
-    for _ in range(rounds):
-        for label in order.sample(cases, len(cases)):
-            times[label].append(run(label))
-    return times
-
-
 def _overhead_table(
     intro: str,
     column: str,
@@ -134,15 +121,15 @@ def _overhead_table(
         "",
         f"| application | {column} | end-to-end overhead, median (min-max) | hook compute |",
         "|---|---|---|---|",
+        f"| unsteered | {fmt(base)} | - | - |",
     ]
     for label, values in times.items():
         if label == "unsteered":
-            rows.append(f"| {label} | {fmt(base)} | - | - |")
             continue
-        ratios = [(t / u - 1) * 100 for t, u in zip(values, times["unsteered"], strict=True)]
+        pct = [(r - 1) * 100 for r in ratios(values, times["unsteered"])]
         rows.append(
             f"| {label} | {fmt(statistics.median(values))} | "
-            f"{statistics.median(ratios):+.1f}% ({min(ratios):+.1f} to {max(ratios):+.1f}) | "
+            f"{statistics.median(pct):+.1f}% ({min(pct):+.1f} to {max(pct):+.1f}) | "
             f"{hooks[label] / base * 100:.3f}% |"
         )
     return "\n".join(rows)
@@ -165,30 +152,24 @@ def forward_overhead_table(loaded: LoadedModel, quick: bool) -> str:
         with torch.inference_mode():
             loaded.model(**inputs, use_cache=False)
 
+    def steered(mode: str, vecs: dict[int, torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            scales = {layer: 1 / len(vecs) for layer in vecs}
+            with steer(loaded.model, loaded.blocks, vecs, 0.5, "all", mode=mode, scales=scales):
+                forward()
+
+        return run
+
     forward()
-    cases: dict[str, tuple[str, dict[int, torch.Tensor]] | None] = {"unsteered": None}
+    variants: dict[str, Callable[[], None]] = {"unsteered": forward}
+    hooks: dict[str, float] = {}
     for name, vecs in configs.items():
         for mode in ("add", "add_norm_preserving", "ablate"):
-            cases[f"{mode}, {name}"] = (mode, vecs)
-    hooks: dict[str, float] = {}
-
-    def run(label: str) -> float:
-        case = cases[label]
-        if case is None:
-            started = time.perf_counter()
-            forward()
-            return time.perf_counter() - started
-        mode, vecs = case
-        scales = {layer: 1 / len(vecs) for layer in vecs}
-        with steer(loaded.model, loaded.blocks, vecs, 0.5, "all", mode=mode, scales=scales):
-            started = time.perf_counter()
-            forward()
-            elapsed = time.perf_counter() - started
-            if label not in hooks:
+            label = f"{mode}, {name}"
+            variants[label] = steered(mode, vecs)
+            with steer(loaded.model, loaded.blocks, vecs, 0.5, "all", mode=mode):
                 hooks[label] = _hook_seconds(loaded.blocks, list(vecs), sample)
-        return elapsed
-
-    times = _paired_rounds(list(cases), run, rounds)
+    times = interleaved(variants, rounds, shuffle_seed=0)
     intro = (
         f"One forward pass of a {shape[0]} x {shape[1]} token batch, positions `all`, "
         f"{rounds} rounds. *End-to-end*: steered / unsteered time of the same round - 1, "
@@ -214,39 +195,37 @@ def generation_overhead_table(loaded: LoadedModel, quick: bool) -> str:
     # the same number of tokens and only the hook's cost differs.
     alpha = 1e-6
     rounds = 2 if quick else 4
-    cases: dict[str, tuple[str, str] | None] = {"unsteered": None}
+    lengths: dict[str, int] = {}
+
+    def generate(
+        label: str, mode: str | None = None, positions: str = "all"
+    ) -> Callable[[], None]:
+        def run() -> None:
+            if mode is None:
+                out = generate_ids(loaded.model, loaded.tokenizer, prompts, new)
+            else:
+                vecs = {LAYER: vector}
+                with steer(loaded.model, loaded.blocks, vecs, alpha, positions, mode=mode) as h:
+                    out = generate_ids(loaded.model, loaded.tokenizer, prompts, new, h)
+            lengths[label] = sum(len(row) for row in out)
+
+        return run
+
+    variants: dict[str, Callable[[], None]] = {"unsteered": generate("unsteered")}
+    hooks: dict[str, float] = {}
     for mode in ("add", "add_norm_preserving", "ablate"):
         for positions in ("all", "prompt_end_onward", "generated"):
-            cases[f"{mode}, {positions}"] = (mode, positions)
-    lengths: dict[str, int] = {}
-    hooks: dict[str, float] = {}
-    generate_ids(loaded.model, loaded.tokenizer, prompts, 2)  # warm-up
-
-    def run(label: str) -> float:
-        case = cases[label]
-        if case is None:
-            started = time.perf_counter()
-            out = generate_ids(loaded.model, loaded.tokenizer, prompts, new)
-            elapsed = time.perf_counter() - started
-        else:
-            mode, positions = case
+            label = f"{mode}, {positions}"
+            variants[label] = generate(label, mode, positions)
             with steer(
                 loaded.model, loaded.blocks, {LAYER: vector}, alpha, positions, mode=mode
-            ) as handle:
-                started = time.perf_counter()
-                out = generate_ids(loaded.model, loaded.tokenizer, prompts, new, handle)
-                elapsed = time.perf_counter() - started
-                if label not in hooks:
-                    handle.prompt_length, handle._past_length = width, 0  # the prompt pass
-                    first = _hook_seconds(loaded.blocks, [LAYER], prefill)
-                    handle._past_length = width  # a decoding step
-                    per_step = _hook_seconds(loaded.blocks, [LAYER], step)
-                    handle.prompt_length = None
-                    hooks[label] = first + (new - 1) * per_step
-        lengths[label] = sum(len(row) for row in out)
-        return elapsed
-
-    times = _paired_rounds(list(cases), run, rounds)
+            ) as h:
+                h.prompt_length, h._past_length = width, 0  # the prompt pass
+                first = _hook_seconds(loaded.blocks, [LAYER], prefill)
+                h._past_length = width  # a decoding step
+                hooks[label] = first + (new - 1) * _hook_seconds(loaded.blocks, [LAYER], step)
+    generate_ids(loaded.model, loaded.tokenizer, prompts, 2)  # warm-up
+    times = interleaved(variants, rounds, shuffle_seed=0)
     low, high = min(lengths.values()), max(lengths.values())
     decoded = f"{low} in every case" if low == high else f"{low}-{high} across cases"
     intro = (

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -21,6 +21,9 @@ from safetensors.torch import load_file
 from hpo.blocks import find_blocks, num_hidden_layers
 from hpo.errors import UserError
 from hpo.steering import SteeringHandle, steer
+
+if TYPE_CHECKING:
+    from hpo.config import ModelConfig
 
 SCHEMA_VERSION = 1
 STEERING_JSON = "steering.json"
@@ -104,20 +107,23 @@ class Bundle:
         converted once to a cached safetensors copy). Any transformers model with the same
         architecture and weights works as well.
         """
-        from hpo.config import ModelConfig
         from hpo.models import load_model
 
-        m = self.meta["model"]
-        loaded = load_model(
-            ModelConfig(
-                name_or_path=m["name_or_path"],
-                gguf_file=m.get("gguf_file"),
-                revision=m.get("revision"),
-                dtype=m.get("dtype", "float32"),
-                device=device,
-            )
-        )
+        loaded = load_model(self.model_config(device))
         return loaded.model, loaded.tokenizer
+
+    def model_config(self, device: str = "auto") -> ModelConfig:
+        """The `ModelConfig` that loads the base model from the bundle's `model` record."""
+        from hpo.config import ModelConfig
+
+        m = self.meta["model"]
+        return ModelConfig(
+            name_or_path=m["name_or_path"],
+            gguf_file=m.get("gguf_file"),
+            revision=m.get("revision"),
+            dtype=m.get("dtype", "float32"),
+            device=device,
+        )
 
     @contextmanager
     def apply(self, model: Any) -> Iterator[SteeringHandle]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpo.config import ModelConfig, RunConfig, to_generate_config, to_run_config
+from hpo.config import RunConfig, to_generate_config, to_run_config
 from hpo.errors import UserError
 from hpo.trial import format_params
 
@@ -240,16 +240,7 @@ def generate(raw: DictConfig, args: Sequence[str] = ()) -> int:
     bundle = load_bundle(gen.bundle)
     if gen.alpha is not None:
         bundle.alpha = gen.alpha
-    m = bundle.meta["model"]
-    loaded = load_model(
-        ModelConfig(
-            name_or_path=m["name_or_path"],
-            gguf_file=m.get("gguf_file"),
-            revision=m.get("revision"),
-            dtype=m.get("dtype", "float32"),
-            device=gen.device,
-        )
-    )
+    loaded = load_model(bundle.model_config(gen.device))
     tok = loaded.tokenizer
     ids = [tok.encode(chat_prompt(tok, p, gen.chat_template)) for p in prompts]
     plain: list[list[int]] = []
