@@ -25,7 +25,7 @@ from hpo.config import (
     TaskConfig,
 )
 from hpo.errors import TrialFailure, UserError
-from hpo.kv import scratch_cache
+from hpo.kv import output_cache, scratch_cache, with_cache
 from hpo.progress import progress
 from hpo.vocabulary import ADD_MODES, AGGREGATIONS, ALPHA_SCALES, METHODS, MODES, POSITIONS
 
@@ -60,7 +60,9 @@ __all__ = [
     "__version__",
     "length_sorted_batches",
     "load_bundle",
+    "output_cache",
     "pad_left",
     "progress",
     "scratch_cache",
+    "with_cache",
 ]

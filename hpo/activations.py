@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from hpo.batching import length_sorted_batches, pad_left
 from hpo.errors import UserError
-from hpo.kv import scratch_cache
+from hpo.kv import output_cache, scratch_cache, with_cache
 from hpo.models import LoadedModel
 from hpo.paths import cache_dir
 from hpo.progress import progress
@@ -116,7 +116,7 @@ def extract_activations(
     for batch in progress(batches, "caching activations"):
         prompt_in = pad_left([prompts[i] for i in batch], tok.pad_token_id, device)
         with torch.inference_mode():
-            cache = model(**prompt_in, use_cache=True).past_key_values
+            cache = output_cache(model(**prompt_in, use_cache=True))
         width = cache.get_seq_length()
         next_pos = prompt_in["position_ids"][:, -1:] + 1
         for side in SIDES:
@@ -137,7 +137,7 @@ def extract_activations(
                             [prompt_in["attention_mask"], mask.to(device)], 1
                         ),
                         position_ids=next_pos + torch.arange(span, device=device),
-                        past_key_values=extended,
+                        **with_cache(model, extended),
                         use_cache=True,
                     )
             finally:

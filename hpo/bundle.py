@@ -100,6 +100,29 @@ class Bundle:
                 f"{layers} layers"
             )
 
+    @property
+    def generation(self) -> dict[str, Any]:
+        """How the task generated: `max_new_tokens`, `stop` strings, `chat_template` (empty for
+        tasks that do not generate, and for bundles written before it was recorded)."""
+        return dict(self.meta.get("generation") or {})
+
+    def samples(self) -> list[dict[str, Any]]:
+        """The recorded test samples that replay token for token: each with the exact prompt
+        `text`, and `unsteered_ids` / `steered_ids` of both continuations."""
+        test = self.meta.get("metrics", {}).get("test", {})
+        return [s for s in test.get("samples", []) if "steered_ids" in s and "text" in s]
+
+    def prompt(self, tokenizer: Any, text: str, chat_template: bool | None = None) -> str:
+        """A user's text as the model should see it: in the tokenizer's chat template when it
+        has one and the bundle's task used it (`chat_template` overrides), else as it is (base
+        models). Tokenize the result with `tokenizer(...)`, as the study did."""
+        from hpo.generation import chat_prompt
+
+        use = (
+            self.generation.get("chat_template", True) if chat_template is None else chat_template
+        )
+        return chat_prompt(tokenizer, text, bool(use))
+
     def load_model(self, device: str = "auto") -> tuple[Any, Any]:
         """The base model this bundle was made for and its tokenizer, as `(model, tokenizer)`.
 

@@ -384,6 +384,7 @@ class GenerateConfig:
     alpha: float | None = None
     chat_template: bool = True
     device: str = "auto"
+    replay: bool = False
 
     def __post_init__(self) -> None:
         _at_least("max_new_tokens", self.max_new_tokens)

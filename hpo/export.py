@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,12 @@ from hpo.config import RunConfig
 from hpo.control_vector import FILENAME as CONTROL_VECTOR
 from hpo.control_vector import ControlVectorError, model_hint, write_control_vector
 from hpo.errors import UserError
+from hpo.generation import complete_each
 from hpo.metrics import Metric, metric_values
 from hpo.model_card import model_card
 from hpo.selection import Rule, front_record, pick_by_rule, values_of
 from hpo.stats import bootstrap_diff_ci
+from hpo.steering import steer
 from hpo.tasks import load_task
 from hpo.trial import (
     BASELINE_ATTR,
@@ -40,6 +43,9 @@ from hpo.trial import (
 )
 
 log = logging.getLogger(__name__)
+
+# Test prompts whose continuations the bundle records (and `hpo generate replay=true` replays).
+N_SAMPLES = 3
 
 
 def pick_trial(study: optuna.Study, number: int | None, rule: Rule | None = None) -> FrozenTrial:
@@ -104,15 +110,31 @@ def _compare(
     return out
 
 
-def measure(worker: Worker, trial: FrozenTrial, study: optuna.Study) -> dict[str, Any]:
+@dataclass
+class TestSplit:
+    """The held-out test split, read and prepared once per export."""
+
+    rows: list[Any]
+    prepared: Any
+
+    @classmethod
+    def load(cls, worker: Worker) -> TestSplit:
+        """Read the task's test rows and prepare them (tokenized; unsteered reference run)."""
+        rows = load_task(worker.cfg.task).test()
+        return cls(rows, worker.prepare(rows))
+
+
+def measure(
+    worker: Worker, trial: FrozenTrial, study: optuna.Study, test: TestSplit | None = None
+) -> dict[str, Any]:
     """Validation (from the study) and held-out test metrics, steered vs unsteered.
 
     `steered` / `baseline` are the objective's score; `metrics` holds every named metric
     (score, kl, tokens, fluency) with its baseline and, on the test split, n and a bootstrap 95%
     interval of the difference where per-item values exist.
     """
-    test_rows = load_task(worker.cfg.task).test()
-    prepared = worker.prepare(test_rows)
+    test = TestSplit.load(worker) if test is None else test
+    test_rows, prepared = test.rows, test.prepared
     steered = worker.score(trial.params, prepared, split="test")
     baseline = worker.baseline_result(prepared, "test")
     seed = worker.cfg.study.seed
@@ -124,21 +146,7 @@ def measure(worker: Worker, trial: FrozenTrial, study: optuna.Study) -> dict[str
     warnings = honesty_warnings(lo, hi, test_letters)
     extra: dict[str, Any] = {}
     if "texts" in steered.extras:
-        column = worker.cfg.task.columns["prompt"]
-        extra["samples"] = [
-            {"prompt": str(row[column]), "unsteered": plain, "steered": text}
-            for row, plain, text in zip(
-                test_rows[:3], baseline.extras["texts"], steered.extras["texts"], strict=False
-            )
-        ]
-        refs = steered.extras.get("references") or []
-        for i, sample in enumerate(extra["samples"]):
-            if i < len(refs) and refs[i] is not None:
-                sample["reference"] = refs[i]
-                sample["correct"] = {
-                    "unsteered": baseline.per_item[i],
-                    "steered": steered.per_item[i],
-                }
+        extra["samples"] = replay_samples(worker, trial.params, test_rows, prepared)
     if "counts" in steered.extras:  # answers that could not be parsed (scored as wrong)
         extra["unparsed"] = {
             "steered": steered.extras["counts"],
@@ -191,6 +199,87 @@ def measure(worker: Worker, trial: FrozenTrial, study: optuna.Study) -> dict[str
             **extra,
         },
     }
+
+
+def replay_samples(
+    worker: Worker, params: dict[str, Any], rows: list[Any], prepared: Any, n: int = N_SAMPLES
+) -> list[dict[str, Any]]:
+    """The first `n` test prompts generated unsteered and steered, one prompt at a time.
+
+    Alone (no padding), so `hpo generate replay=true` and `load_bundle(...).apply(model)` +
+    `model.generate` reproduce them token for token: each sample keeps the exact prompt text and
+    both continuations' token ids. `correct` (tasks with a gold answer) scores these texts.
+    """
+    cfg, loaded = worker.cfg, worker.loaded
+    objective: Any = worker.objective
+    ids = prepared.token_ids[:n]
+    stop = cfg.task.objective.stop or None
+    budget = cfg.task.objective.max_new_tokens
+    plain = complete_each(loaded.model, loaded.tokenizer, ids, budget, stop_strings=stop)
+    how = worker.steering(params)
+    with steer(loaded.model, loaded.blocks, worker.vectors(params), **how) as handle:
+        steered = complete_each(loaded.model, loaded.tokenizer, ids, budget, handle, stop)
+    column = cfg.task.columns["prompt"]
+    samples = []
+    for i, (row, (u_ids, u_text), (s_ids, s_text)) in enumerate(
+        zip(rows, plain, steered, strict=False)
+    ):
+        sample: dict[str, Any] = {
+            "prompt": str(row[column]),
+            "text": prepared.prompts[i],
+            "unsteered": u_text.strip(),
+            "steered": s_text.strip(),
+            "unsteered_ids": u_ids,
+            "steered_ids": s_ids,
+        }
+        refs = getattr(prepared, "references", None) or []
+        if i < len(refs) and refs[i] is not None:
+            sample["reference"] = refs[i]
+            sample["correct"] = {
+                "unsteered": objective.scorer(u_text, refs[i]).value,
+                "steered": objective.scorer(s_text, refs[i]).value,
+            }
+        samples.append(sample)
+    return samples
+
+
+def everywhere(worker: Worker, params: dict[str, Any], test: TestSplit) -> dict[str, Any]:
+    """The winner scored on the test split with the vector at every position (`positions: all`).
+
+    That is what llama.cpp's control vector does, whatever positions the study chose: its
+    score, every side metric (KL, fluency) and feasibility, so a GGUF user knows what to expect.
+    """
+    params = {**params, "positions": "all"}
+    steered = worker.score(params, test.prepared, split="test")
+    baseline = worker.baseline_result(test.prepared, "test")
+    seed = worker.cfg.study.seed
+    lo, hi = bootstrap_diff_ci(steered.per_item, baseline.per_item, seed=seed)
+    constraints = steered.extras.get("constraints", {})
+    out: dict[str, Any] = {
+        "positions": "all",
+        "steered": steered.value,
+        "baseline": baseline.value,
+        "n": steered.n,
+        "difference": steered.value - baseline.value,
+        "ci95": [lo, hi],
+        "feasible": all(v <= 0 for v in constraints.values()),
+        "metrics": _compare(
+            metric_values(steered.value, steered.metrics),
+            metric_values(baseline.value, baseline.metrics),
+            {"score": steered.per_item, **steered.metric_items},
+            {"score": baseline.per_item, **baseline.metric_items},
+            seed,
+        ),
+    }
+    if "fluency" in steered.extras:
+        out["fluency"] = steered.extras["fluency"]
+    if "texts" in steered.extras:
+        column = worker.cfg.task.columns["prompt"]
+        out["samples"] = [
+            {"prompt": str(row[column]), "steered": text}
+            for row, text in zip(test.rows[:N_SAMPLES], steered.extras["texts"], strict=False)
+        ]
+    return out
 
 
 def honesty_warnings(
@@ -283,9 +372,25 @@ def _control_vector(
     if positions != "all":
         info["note"] = (
             f"llama.cpp adds the vector at every position; this bundle was tuned with "
-            f"positions={positions}, so llama.cpp output may differ from the measured metrics"
+            f"positions={positions}: `measured` holds the test split scored at every position, "
+            "what to expect in llama.cpp"
         )
     return info
+
+
+def environment(worker: Worker) -> dict[str, str]:
+    """Where the bundle's numbers were measured: what a replay elsewhere may differ in."""
+    import platform
+
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": str(worker.loaded.device),
+        "dtype": worker.cfg.model.dtype,
+    }
 
 
 def selection_record(study: optuna.Study, trial: FrozenTrial, rule: Rule | None) -> dict[str, Any]:
@@ -321,7 +426,8 @@ def write_bundle(
     vectors = worker.vectors(trial.params)
     resolved = worker.resolve(trial.params)
     how = worker.steering(trial.params)
-    metrics = measure(worker, trial, study)
+    test = TestSplit.load(worker)
+    metrics = measure(worker, trial, study, test)
     trait = cfg.task.name
     shape = worker.loaded.shape
     meta: dict[str, Any] = {
@@ -365,7 +471,14 @@ def write_bundle(
             "n_trials": len(study.get_trials(deepcopy=False)),
         },
         "package": {"name": "steering-hpo", "version": __version__},
+        "environment": environment(worker),
     }
+    if cfg.task.objective.kind == "generation":
+        meta["generation"] = {
+            "max_new_tokens": cfg.task.objective.max_new_tokens,
+            "stop": list(cfg.task.objective.stop),
+            "chat_template": cfg.task.chat_template,
+        }
     meta["model"]["model_type"] = str(getattr(worker.loaded.model.config, "model_type", ""))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -383,6 +496,8 @@ def write_bundle(
         # llama.cpp has one scale for all layers: fold each layer's share of alpha in.
         scaled = {layer: v * how["scales"].get(layer, 1.0) for layer, v in vectors.items()}
         meta["control_vector"] = _control_vector(tmp, meta, scaled)
+        if meta["control_vector"]["file"] and how["positions"] != "all":
+            meta["control_vector"]["measured"] = everywhere(worker, trial.params, test)
         (tmp / "config.yaml").write_text(_experiment_yaml(cfg, trial))
         (tmp / "README.md").write_text(model_card(meta))
         files = [vector_relpath(trait), "config.yaml", "README.md"]

@@ -59,6 +59,44 @@ def chat_prompt(tokenizer: Any, text: str, chat_template: bool = True) -> str:
     return text
 
 
+def finish(
+    tokenizer: Any, ids: list[int], stop_strings: list[str] | None = None
+) -> tuple[list[int], str]:
+    """A raw greedy continuation cut at EOS, then before its first stop string: (tokens, text).
+
+    What the generation objective scores, the bundle records and `hpo generate` prints.
+    """
+    eos = tokenizer.eos_token_id
+    if eos in ids:
+        ids = ids[: ids.index(eos)]
+    if stop_strings:
+        return truncate_at_stop(tokenizer, ids, stop_strings)
+    return ids, tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def complete_each(
+    model: Any,
+    tokenizer: Any,
+    prompts_ids: list[list[int]],
+    max_new_tokens: int,
+    handle: SteeringHandle | None = None,
+    stop_strings: list[str] | None = None,
+) -> list[tuple[list[int], str]]:
+    """Each prompt's finished continuation, generated alone (no padding, batch of one).
+
+    One prompt at a time is what a user gets from `model.generate` on that prompt, so a
+    recorded sample replays token for token wherever the model and steering are the same.
+    """
+    return [
+        finish(
+            tokenizer,
+            generate_ids(model, tokenizer, [ids], max_new_tokens, handle, True, stop_strings)[0],
+            stop_strings,
+        )
+        for ids in prompts_ids
+    ]
+
+
 def truncate_at_stop(
     tokenizer: Any, ids: list[int], stop_strings: list[str]
 ) -> tuple[list[int], str]:

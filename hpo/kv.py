@@ -1,16 +1,26 @@
-"""Reuse an unsteered KV cache across trials: extend it for one pass, then restore it.
+"""KV-cache helpers that hold on every supported transformers version.
 
-Rolling back by `crop` is cheap, but a sliding-window layer (Mistral, Gemma 2/3) cannot be
-cropped once it has reached its window, because it no longer holds the states it would need.
-Caches with such layers are copied instead, so the shared prefix is never changed.
+transformers 5.24 renamed the forward keyword `past_key_values` to `cache` (the old name is a
+deprecated alias until 5.40) and the output field likewise. Nothing here reads a keyword or a
+field by one name only: the cache is found by what it is (an object with `get_seq_length`),
+and the keyword a model's forward takes is read from its signature.
+
+Reusing an unsteered KV cache across trials: `scratch_cache` extends it for one pass, then
+restores it. Rolling back by `crop` is cheap, but a sliding-window layer (Mistral, Gemma 2/3)
+cannot be cropped once it has reached its window, because it no longer holds the states it
+would need. Caches with such layers are copied instead, so the shared prefix is never changed.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import inspect
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+
+# Older releases' name first is irrelevant: whichever the forward declares wins.
+_CACHE_KEYWORDS = ("cache", "past_key_values")
 
 
 def _croppable(cache: Any) -> bool:
@@ -30,3 +40,66 @@ def scratch_cache(cache: Any) -> Iterator[Any]:
         added = cache.get_seq_length() - width
         if added:
             cache.crop(-added)
+
+
+def is_cache(value: Any) -> bool:
+    """Whether `value` is a KV cache: a transformers `Cache` or the legacy tuple of tuples."""
+    if hasattr(value, "get_seq_length"):
+        return True
+    return (
+        isinstance(value, tuple)
+        and bool(value)
+        and isinstance(value[0], tuple)
+        and bool(value[0])
+        and hasattr(value[0][0], "shape")
+    )
+
+
+def cache_length(value: Any) -> int:
+    """Tokens held by a KV cache (see `is_cache`)."""
+    if hasattr(value, "get_seq_length"):
+        return int(value.get_seq_length())
+    return int(value[0][0].shape[-2])
+
+
+def find_cache(values: Iterable[Any]) -> Any | None:
+    """The first KV cache among `values` (a forward call's arguments), whatever its keyword."""
+    return next((v for v in values if v is not None and is_cache(v)), None)
+
+
+def past_length(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    """How many positions precede the chunk a model forward is about to run.
+
+    Read from the KV cache among the call's arguments (any keyword: `past_key_values` before
+    transformers 5.24, `cache` after); without one, from a 2-D attention mask wider than the
+    input (`generate` always passes the full mask); else 0 (a fresh sequence).
+    """
+    cache = find_cache([*args, *kwargs.values()])
+    if cache is not None:
+        return cache_length(cache)
+    mask = kwargs.get("attention_mask")
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        ids = kwargs.get("inputs_embeds")
+    if ids is None and args and hasattr(args[0], "shape"):
+        ids = args[0]
+    if mask is not None and ids is not None and getattr(mask, "dim", lambda: 0)() == 2:
+        return max(int(mask.shape[1]) - int(ids.shape[1]), 0)
+    return 0
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword `model.forward` takes its KV cache under (`cache` or `past_key_values`)."""
+    params = inspect.signature(model.forward).parameters
+    return next((name for name in _CACHE_KEYWORDS if name in params), "past_key_values")
+
+
+def with_cache(model: Any, cache: Any) -> dict[str, Any]:
+    """`{keyword: cache}` to pass a KV cache to `model` under the name it declares."""
+    return {cache_keyword(model): cache}
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward returned (`cache` from 5.24, `past_key_values` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)

@@ -140,6 +140,9 @@ def _llama_cpp(meta: dict[str, Any]) -> str:
     if not info.get("file"):
         return f"## llama.cpp\n\nNo `control_vector.gguf`: {info['skipped']}.\n"
     note = f"\n> **Note:** {info['note']}.\n" if info.get("note") else ""
+    measured = info.get("measured")
+    if measured:
+        note += _expect_in_llama_cpp(meta, measured)
     return f"""## llama.cpp
 
 `control_vector.gguf` holds `direction.<L>` = alpha x the vector (alpha = {meta["alpha"]:.4f}
@@ -148,7 +151,33 @@ of block `L` at every position. Use it with a GGUF of the same base model at sca
 (other scales multiply alpha):
 
 ```bash
-llama-cli -m base-model.gguf --control-vector-scaled control_vector.gguf 1.0 -p "..."
-llama-server -m base-model.gguf --control-vector-scaled control_vector.gguf 0.5
+llama-completion -m base-model.gguf --control-vector control_vector.gguf -p "..."
+llama-server -m base-model.gguf --control-vector-scaled control_vector.gguf:0.5
 ```
 {note}"""
+
+
+def _expect_in_llama_cpp(meta: dict[str, Any], m: dict[str, Any]) -> str:
+    """What a llama.cpp user gets: the test split scored with the vector at every position."""
+    test = meta["metrics"]["test"]
+    lo, hi = m["ci95"]
+    rows = [
+        f"| `{meta['application']['positions']}` (this bundle, measured) | {test['n']} | "
+        f"{_num(test['baseline'])} | {_num(test['steered'])} | {test['difference']:+.4f} |",
+        f"| `all` (llama.cpp) | {m['n']} | {_num(m['baseline'])} | {_num(m['steered'])} | "
+        f"{m['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}] |",
+    ]
+    side = []
+    if m.get("fluency"):
+        f = m["fluency"]
+        side.append(f"perplexity {f['perplexity']:.1f}, distinct-2 {f['distinct2']:.2f}")
+    if "kl" in m.get("metrics", {}):
+        side.append(f"KL {m['metrics']['kl']['steered']:.4f} nats")
+    side.append("within the constraints" if m["feasible"] else "**breaks the constraints**")
+    return (
+        "\nIn llama.cpp expect the second row (the held-out test split steered at every "
+        "position):\n\n| positions | n | baseline | steered | difference (95% CI) |\n"
+        "|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + f"\n\nAt every position: {'; '.join(side)}.\n"
+    )

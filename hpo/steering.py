@@ -1,8 +1,10 @@
 """Apply steering vectors to a model: forward hooks on block outputs, scoped by a context manager.
 
 Layer `L` means the output residual stream of decoder block `L`. Positions are counted in the
-whole sequence (prompt + generated), using the KV cache's length, so steered generation is the
-same with and without the cache.
+whole sequence (prompt + generated): a pre-hook on the model reads how many positions precede
+each forward chunk from the call itself (the KV cache's length, found by type under whatever
+keyword the transformers version uses, else the attention mask's width), so steered generation
+is the same with and without the cache, on every supported transformers version.
 
 Modes (what a hook does to each steered position's hidden state `h`, with `a = alpha * scale[L]`):
 
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from hpo.errors import UserError
+from hpo.kv import past_length
 from hpo.vocabulary import MODES, POSITIONS
 
 
@@ -63,17 +66,6 @@ class SteeringHandle:
     def layer_alpha(self, layer: int) -> float:
         """The multiplier applied at one layer: `alpha * scales[layer]`."""
         return self.alpha * self.scales.get(layer, 1.0)
-
-
-def _past_length(kwargs: Mapping[str, Any]) -> int:
-    cache = kwargs.get("past_key_values")
-    if cache is None:
-        return 0
-    if hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
-    if isinstance(cache, tuple) and cache and isinstance(cache[0], tuple):
-        return int(cache[0][0].shape[-2])
-    return 0
 
 
 def apply_mode(hidden: torch.Tensor, vector: torch.Tensor, a: float, mode: str) -> torch.Tensor:
@@ -133,8 +125,9 @@ def steer(
         prepared[layer] = v.to(device=param.device, dtype=param.dtype)
     handle = SteeringHandle(prepared, alpha, positions, mode=mode, scales=dict(scales or {}))
 
-    def pre_hook(_m: nn.Module, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        handle._past_length = _past_length(kwargs)
+    def pre_hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # Never from one keyword's name: transformers 5.24 renamed `past_key_values` to `cache`.
+        handle._past_length = past_length(args, kwargs)
 
     def make_hook(layer: int):  # type: ignore[no-untyped-def]
         def hook(_m: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,9 @@ def _print_results(meta: dict[str, Any], path: Path) -> None:
             f"{name:<11} validation {_fmt(base.get('baseline'))} -> {_fmt(base.get('steered'))}"
             f"; test {_fmt(m['baseline'])} -> {_fmt(m['steered'])}{ci}"
         )
+    everywhere = (meta.get("control_vector") or {}).get("measured")
+    if everywhere:
+        print(f"llama.cpp   {llama_cpp_line(everywhere)}")
     selection = meta.get("selection", {})
     if "front" in selection:
         print(
@@ -91,6 +95,22 @@ def _print_results(meta: dict[str, Any], path: Path) -> None:
     for warning in meta["metrics"]["warnings"]:
         print(f"warning     {warning}")
     print(f"bundle      {path}")
+
+
+def llama_cpp_line(m: dict[str, Any]) -> str:
+    """One line: the test split scored at every position, as the control vector applies."""
+    lo, hi = m["ci95"]
+    line = (
+        f"every position (control_vector.gguf): test {_fmt(m['baseline'])} -> "
+        f"{_fmt(m['steered'])}  difference {m['difference']:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}]"
+    )
+    fluency = m.get("fluency")
+    if fluency:
+        line += f"; perplexity {fluency['perplexity']:.1f}, distinct-2 {fluency['distinct2']:.2f}"
+    kl = m.get("metrics", {}).get("kl")
+    if kl:
+        line += f"; kl {kl['steered']:.4f}"
+    return line + ("" if m["feasible"] else " (INFEASIBLE)")
 
 
 def _export(cfg: RunConfig, study: Any, worker: Any) -> int:
@@ -222,38 +242,73 @@ def dashboard(raw: DictConfig, args: Sequence[str] = ()) -> int:
 
 
 def generate(raw: DictConfig, args: Sequence[str] = ()) -> int:
-    """`hpo generate`: a bundle's unsteered vs steered completions, side by side."""
+    """`hpo generate`: a bundle's unsteered vs steered completions, side by side.
+
+    Each prompt is generated alone (batch of one, no padding): what `model.generate` gives a
+    user on that prompt. `replay=true` regenerates the bundle's recorded samples with their exact
+    prompt text, length and stop strings, and checks them token for token (exit 1 on a mismatch).
+    """
     from hpo.bundle import load_bundle
-    from hpo.generation import chat_prompt, generate_ids
+    from hpo.generation import complete_each
     from hpo.models import load_model
     from hpo.progress import progress
 
     gen = to_generate_config(raw)
-    prompts = [gen.prompt] if gen.prompt else []
-    if gen.prompts_file:
+    bundle = load_bundle(gen.bundle)
+    samples = bundle.samples() if gen.replay else []
+    if gen.replay and gen.alpha is not None:
+        raise UserError(
+            "replay=true checks the recorded samples at the bundle's alpha; "
+            f"drop alpha={gen.alpha}"
+        )
+    if gen.replay and not samples:
+        raise UserError(f"bundle {gen.bundle} records no generated samples to replay")
+    prompts = [str(s["prompt"]) for s in samples] or ([gen.prompt] if gen.prompt else [])
+    if gen.prompts_file and not gen.replay:
         path = Path(gen.prompts_file).expanduser()
         if not path.is_file():
             raise UserError(f"prompts_file must be an existing file, got {gen.prompts_file!r}")
         prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not prompts:
-        raise UserError('generate needs prompt="..." or prompts_file=PATH, got neither')
-    bundle = load_bundle(gen.bundle)
+        raise UserError('generate needs prompt="...", prompts_file=PATH or replay=true, got none')
     if gen.alpha is not None:
         bundle.alpha = gen.alpha
     loaded = load_model(bundle.model_config(gen.device))
     tok = loaded.tokenizer
-    ids = [tok.encode(chat_prompt(tok, p, gen.chat_template)) for p in prompts]
-    plain: list[list[int]] = []
-    steered: list[list[int]] = []
+    if samples:
+        texts = [str(s["text"]) for s in samples]
+        budget, stop = bundle.generation["max_new_tokens"], bundle.generation["stop"] or None
+    else:
+        texts = [bundle.prompt(tok, p, gen.chat_template) for p in prompts]
+        budget, stop = gen.max_new_tokens, None
+    ids = [tok.encode(t) for t in texts]
+    plain: list[tuple[list[int], str]] = []
+    steered: list[tuple[list[int], str]] = []
     for which in progress(("unsteered", "steered"), "generating", unit="pass"):
         if which == "unsteered":
-            plain = generate_ids(loaded.model, tok, ids, gen.max_new_tokens)
+            plain = complete_each(loaded.model, tok, ids, budget, stop_strings=stop)
             continue
         with bundle.apply(loaded.model) as handle:
-            steered = generate_ids(loaded.model, tok, ids, gen.max_new_tokens, handle)
-    for prompt, a, b in zip(prompts, plain, steered, strict=True):
+            steered = complete_each(loaded.model, tok, ids, budget, handle, stop)
+    for prompt, (_, a), (_, b) in zip(prompts, plain, steered, strict=True):
         print(f"=== prompt: {prompt}")
-        print(f"--- unsteered:\n{tok.decode(a, skip_special_tokens=True).strip()}")
+        print(f"--- unsteered:\n{a.strip()}")
         print(f"--- steered (alpha={bundle.alpha:.3f}, layers {sorted(bundle.vectors)}):")
-        print(tok.decode(b, skip_special_tokens=True).strip())
-    return 0
+        print(b.strip())
+    if not samples:
+        return 0
+    same_u = sum(s["unsteered_ids"] == u for s, (u, _) in zip(samples, plain, strict=True))
+    same_s = sum(s["steered_ids"] == v for s, (v, _) in zip(samples, steered, strict=True))
+    n = len(samples)
+    print(
+        f"replay      {same_s}/{n} steered and {same_u}/{n} unsteered samples identical to the "
+        "bundle's record, token for token"
+    )
+    if same_s == same_u == n:
+        return 0
+    print(
+        "replay differs from the bundle's record: another model copy, dtype, device or library "
+        "version than the export's (see steering.json `environment`)",
+        file=sys.stderr,
+    )
+    return 1

@@ -21,9 +21,11 @@ from hpo import (
     TaskConfig,
     UserError,
     length_sorted_batches,
+    output_cache,
     pad_left,
     progress,
     scratch_cache,
+    with_cache,
 )
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt
@@ -178,7 +180,7 @@ class ChoiceProbability:
                     use_cache=True,
                     **({"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}),
                 )
-            prefix.append(out.past_key_values)
+            prefix.append(output_cache(out))
         prepared.prefix = prefix
 
     def _last_logits(
@@ -201,7 +203,7 @@ class ChoiceProbability:
                     input_ids=inputs["input_ids"][:, -1:],
                     attention_mask=inputs["attention_mask"],
                     position_ids=inputs["position_ids"][:, -1:],
-                    past_key_values=cache,
+                    **with_cache(model, cache),
                     use_cache=True,
                     **keep,
                 )

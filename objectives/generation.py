@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpo import TaskConfig, UserError, length_sorted_batches, progress
-from hpo.generation import generate_ids, truncate_at_stop
+from hpo.generation import finish, generate_ids
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.fluency import distinct2, perplexities
 from objectives.math_answer import final_answer, worked_answer
@@ -110,21 +110,17 @@ class Generation:
     def _generate(
         self, model: Any, prepared: PreparedPrompts, batch: list[int]
     ) -> list[list[int]]:
-        raw = generate_ids(
+        return generate_ids(
             model,
             self.tokenizer,
             [prepared.token_ids[i] for i in batch],
             self.cfg.objective.max_new_tokens,
             stop_strings=self.cfg.objective.stop or None,
         )
-        eos = self.tokenizer.eos_token_id
-        return [row[: row.index(eos)] if eos in row else row for row in raw]
 
     def _finish(self, ids: list[int]) -> tuple[list[int], str]:
-        """A continuation's tokens and text, cut at the first stop string."""
-        if self.cfg.objective.stop:
-            return truncate_at_stop(self.tokenizer, ids, self.cfg.objective.stop)
-        return ids, self.tokenizer.decode(ids, skip_special_tokens=True)
+        """A continuation's tokens and text, cut at EOS and at the first stop string."""
+        return finish(self.tokenizer, ids, self.cfg.objective.stop or None)
 
     def score(
         self,

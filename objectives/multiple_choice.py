@@ -22,7 +22,16 @@ from typing import Any
 
 import torch
 
-from hpo import TaskConfig, UserError, length_sorted_batches, pad_left, progress, scratch_cache
+from hpo import (
+    TaskConfig,
+    UserError,
+    length_sorted_batches,
+    output_cache,
+    pad_left,
+    progress,
+    scratch_cache,
+    with_cache,
+)
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt, template_fields
 
@@ -178,7 +187,7 @@ class MultipleChoice:
         inputs = pad_left([prepared.prompt_ids[i] for i in batch], pad, device)
         with torch.inference_mode():
             out = model(**inputs, use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
         n_opts = max(len(prepared.option_ids[i]) for i in batch)
         scores: list[list[float]] = [[] for _ in batch]
@@ -201,7 +210,7 @@ class MultipleChoice:
                     input_ids=ids.to(device),
                     attention_mask=torch.cat([inputs["attention_mask"], mask.to(device)], 1),
                     position_ids=positions,
-                    past_key_values=extended,
+                    **with_cache(model, extended),
                     use_cache=True,
                 ).logits.float()
             logp = torch.log_softmax(logits, dim=-1)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +150,47 @@ def test_cli_refuses_a_corrupted_vector_file(
     vec.write_bytes(b"\x00" * 16)
     assert main(["generate", f"bundle={bundle}", "prompt=hi"]) == 2
     assert "does not match its sha256" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def base_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The tiny Llama as a base model: the same weights, a tokenizer with no chat template."""
+    path = tmp_path_factory.mktemp("tiny-base")
+    shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    config = path / "tokenizer_config.json"
+    data = json.loads(config.read_text())
+    data.pop("chat_template", None)
+    config.write_text(json.dumps(data))
+    return path
+
+
+def test_readme_python_example_runs_on_a_base_model(
+    tiny_bundle: Path, base_model_dir: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    assert not getattr(tok, "chat_template", None)
+    assert load_bundle(tiny_bundle).prompt(tok, "Tell me about a new job.") == (
+        "Tell me about a new job."
+    )
+    target = tmp_path / "outputs" / "demo" / "bundle"
+    shutil.copytree(tiny_bundle, target)
+    meta = json.loads((target / STEERING_JSON).read_text())
+    meta["model"] |= {"name_or_path": str(base_model_dir), "gguf_file": None}
+    (target / STEERING_JSON).write_text(json.dumps(meta))
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    found = re.search(r"```python\n(import hpo\n.*?)```", readme, re.S)
+    assert found, "README lost its hpo.load_bundle example"
+    proc = subprocess.run(
+        [sys.executable, "-c", found.group(1)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"^steered: {3}.+$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^unsteered: .+$", proc.stdout, re.M), proc.stdout

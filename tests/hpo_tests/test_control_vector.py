@@ -89,7 +89,8 @@ def test_exported_bundle_carries_the_control_vector_with_alpha_applied(
     for layer, v in bundle.vectors.items():
         np.testing.assert_allclose(directions[layer], (bundle.alpha * v).numpy(), rtol=1e-6)
     card = (path / "README.md").read_text()
-    assert "--control-vector-scaled control_vector.gguf 1.0" in card
+    assert "--control-vector control_vector.gguf " in card
+    assert "--control-vector-scaled control_vector.gguf:0.5" in card  # FILE:SCALE
 
 
 def test_layer_zero_winner_gets_a_bundle_without_the_gguf(

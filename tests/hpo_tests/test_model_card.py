@@ -63,7 +63,8 @@ def test_card_tells_how_to_use_the_gguf_and_why_positions_may_differ() -> None:
         "note": "llama.cpp adds the vector at every position",
     }
     card = model_card(meta(control_vector=info))
-    assert "--control-vector-scaled control_vector.gguf 1.0" in card
+    assert "--control-vector control_vector.gguf " in card
+    assert "--control-vector-scaled control_vector.gguf:0.5" in card  # FILE:SCALE
     assert "alpha = 0.3670" in card and "> **Note:** llama.cpp adds the vector" in card
 
 
@@ -77,3 +78,28 @@ def test_card_says_why_a_layer_zero_bundle_has_no_gguf() -> None:
     card = model_card(meta(layer=0, control_vector=info))
     assert "No `control_vector.gguf`: llama.cpp control vectors cannot steer layer 0." in card
     assert "control-vector-scaled" not in card
+
+
+def test_card_states_what_a_llama_cpp_user_gets_at_every_position() -> None:
+    measured = {
+        "positions": "all",
+        "steered": 0.71,
+        "baseline": 0.01,
+        "n": 12,
+        "difference": 0.70,
+        "ci95": [0.5, 0.9],
+        "feasible": False,
+        "fluency": {"perplexity": 9.25, "distinct2": 0.61},
+        "metrics": {"kl": {"steered": 1.2345, "baseline": 0.0}},
+    }
+    info = {
+        "file": "control_vector.gguf",
+        "model_hint": "llama",
+        "scale": 1.0,
+        "note": "llama.cpp adds the vector at every position",
+        "measured": measured,
+    }
+    card = model_card(meta(control_vector=info))
+    assert "In llama.cpp expect the second row" in card
+    assert "| `all` (llama.cpp) | 12 | 0.0100 | 0.7100 | +0.7000 [+0.5000, +0.9000] |" in card
+    assert "perplexity 9.2, distinct-2 0.61; KL 1.2345 nats; **breaks the constraints**" in card
