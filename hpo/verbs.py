@@ -254,13 +254,15 @@ def generate(raw: DictConfig, args: Sequence[str] = ()) -> int:
     from hpo.progress import progress
 
     gen = to_generate_config(raw)
-    bundle = load_bundle(gen.bundle)
-    samples = bundle.samples() if gen.replay else []
     if gen.replay and gen.alpha is not None:
         raise UserError(
             "replay=true checks the recorded samples at the bundle's alpha; "
             f"drop alpha={gen.alpha}"
         )
+    if not (gen.replay or gen.prompt or gen.prompts_file):
+        raise UserError('generate needs prompt="...", prompts_file=PATH or replay=true, got none')
+    bundle = load_bundle(gen.bundle)
+    samples = bundle.samples() if gen.replay else []
     if gen.replay and not samples:
         raise UserError(f"bundle {gen.bundle} records no generated samples to replay")
     prompts = [str(s["prompt"]) for s in samples] or ([gen.prompt] if gen.prompt else [])

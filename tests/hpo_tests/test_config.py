@@ -95,7 +95,7 @@ BAD_INPUTS = [
     (["explode"], r"unknown verb 'explode'; verbs: optimize"),
     (["status", "storage=postgres"], r"this storage needs a URL: set HPO_STORAGE_URL"),
     (["generate", "bundle=/nonexistent/bundle", "prompt=hi"], r"does not exist"),
-    (["generate", "bundle=/tmp"], r"needs prompt=.* or prompts_file"),
+    (["generate", "bundle=/tmp"], r"needs prompt=.*prompts_file=PATH or replay=true"),
     (["status", "output_dir=/tmp/hpo-no-such-run"], r"no study named 'sycophancy'"),
 ]
 
