@@ -38,7 +38,6 @@ $(VENV)/.installed: pyproject.toml $(LOCK) $(DATA_LOCK) | $(BIN)/python
 
 $(VENV)/.dev: $(VENV)/.installed
 	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev]'
-	$(BIN)/pip check
 	touch $@
 
 install: $(VENV)/.installed
@@ -72,7 +71,6 @@ test-latest: system-deps
 	$(LATEST_BIN)/pip install --quiet --upgrade --upgrade-strategy eager \
 		-c $(LATEST_VENV)/torch.txt -e '.[dev]'
 	$(LATEST_BIN)/pip install --quiet --no-deps -r $(DATA_LOCK)
-	$(LATEST_BIN)/pip check
 	@$(LATEST_BIN)/python -c "import importlib.metadata as m; print('newest:', ', '.join(f'{p} {m.version(p)}' for p in ('transformers', 'torch', 'optuna', 'datasets', 'accelerate', 'safetensors', 'huggingface_hub', 'tokenizers', 'gguf')))"
 	$(LATEST_BIN)/pytest $(LATEST_TESTS)
 

@@ -95,7 +95,7 @@ def compose(*overrides: str) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    from hpo.config import to_run_config
+    from hpo.core.config import to_run_config
 
     with initialize_config_module(config_module="conf", version_base="1.3"):
         return to_run_config(hydra_compose(config_name="hpo", overrides=list(overrides)))

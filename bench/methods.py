@@ -15,12 +15,12 @@ import torch
 
 from bench.common import command, interleaved, machine_line, publish, quick_flag, ratios
 from hpo import ModelConfig, TaskConfig
-from hpo.activations import ActivationCache, extract_activations, load_or_build
-from hpo.batching import pad_left
-from hpo.methods import VectorBuilder
-from hpo.models import LoadedModel, load_model
-from hpo.steering import steer
-from hpo.tasks import load_task
+from hpo.model.batching import pad_left
+from hpo.model.loading import LoadedModel, load_model
+from hpo.run.tasks import load_task
+from hpo.steering.activations import ActivationCache, extract_activations, load_or_build
+from hpo.steering.hooks import steer
+from hpo.steering.methods import VectorBuilder
 from objectives import make_objective
 from objectives._base import ContrastivePair
 
@@ -183,7 +183,7 @@ def forward_overhead_table(loaded: LoadedModel, quick: bool) -> str:
 def generation_overhead_table(loaded: LoadedModel, quick: bool) -> str:
     """Greedy-generation time unsteered vs steered per mode x positions (paired rounds), and
     the hooks' own cost (the prompt pass plus one call per decoded token)."""
-    from hpo.generation import generate_ids
+    from hpo.model.decoding import generate_ids
 
     prompts = [loaded.tokenizer.encode(p.prompt) for p in _pairs(loaded)[: 4 if quick else 8]]
     new = 8 if quick else 16

@@ -84,8 +84,8 @@ def same_tokens(worker: Any, train_rows: list[Any]) -> bool:
 
 def main(quick: bool = False) -> None:
     """Run both loops on the same params, interleaved; print and record the ratio."""
-    from hpo.study import check_config, open_study, prepare_worker
-    from hpo.trial import SteeringObjective
+    from hpo.run.study import check_config, open_study, prepare_worker
+    from hpo.run.trial import SteeringObjective
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     train, validation, n = (4, 2, 2) if quick else (8, 6, 4)

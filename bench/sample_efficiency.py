@@ -34,7 +34,7 @@ Surface = dict[tuple[int, float], float]
 
 def regenerate(path: Path = SURFACE) -> Surface:
     """Score every (layer, alpha) grid point with a real trial; resumes a partial CSV."""
-    from hpo.study import prepare_worker
+    from hpo.run.study import prepare_worker
 
     surface = load_surface(path) if path.is_file() else {}
     worker = prepare_worker(sycophancy(70, 20, "search_space.positions=[prompt_end_onward]"))

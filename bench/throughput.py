@@ -65,7 +65,7 @@ def _padding(prepared: Any) -> int:
 
 def choice_scoring(loaded: Any, quick: bool, repeats: int) -> list[str]:
     """Forward-only A/B scoring: batched vs per-item, sorted vs unsorted, memory per batch size."""
-    from hpo.tasks import load_task
+    from hpo.run.tasks import load_task
     from objectives import make_objective
 
     validation, batch = (3, 4) if quick else (8, 8)
@@ -131,8 +131,8 @@ def choice_scoring(loaded: Any, quick: bool, repeats: int) -> list[str]:
 
 def generation(loaded: Any, quick: bool, repeats: int) -> tuple[list[str], list[float]]:
     """Greedy generation of the sentiment prompts: a left-padded batch vs one prompt at a time."""
-    from hpo.generation import generate_ids
-    from hpo.tasks import load_task
+    from hpo.model.decoding import generate_ids
+    from hpo.run.tasks import load_task
     from objectives import make_objective
 
     cfg = compose("task=sentiment", "task.splits.validation=" + ("3" if quick else "8"))
@@ -175,7 +175,7 @@ def generation(loaded: Any, quick: bool, repeats: int) -> tuple[list[str], list[
 def main(quick: bool = False) -> None:
     """Print the tables and rewrite the `throughput` section."""
     from hpo import ModelConfig
-    from hpo.models import load_model
+    from hpo.model.loading import load_model
 
     loaded = load_model(ModelConfig())
     repeats = 1 if quick else 3

@@ -47,13 +47,13 @@ def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 
 def breakdown(worker: Any, cfg: Any, n: int) -> tuple[list[str], dict[str, list[float]]]:
     """Run `n` real trials (TPE, SQLite) and split each one's wall time into phases."""
-    import hpo.trial
-    from hpo.steering import steer
-    from hpo.study import open_study
+    import hpo.run.trial
+    from hpo.run.study import open_study
+    from hpo.steering.hooks import steer
 
     study = open_study(cfg)
     spent: dict[str, float] = {}
-    real_suggest = hpo.trial.suggest
+    real_suggest = hpo.run.trial.suggest
 
     def timed_suggest(*args: Any, **kwargs: Any) -> Any:  # a spy: times the real call
         started = time.perf_counter()
@@ -63,8 +63,8 @@ def breakdown(worker: Any, cfg: Any, n: int) -> tuple[list[str], dict[str, list[
             spent["suggest"] = time.perf_counter() - started
 
     rows: dict[str, list[list[float]]] = {}
-    objective = hpo.trial.SteeringObjective(worker)
-    with mock.patch.object(hpo.trial, "suggest", timed_suggest):
+    objective = hpo.run.trial.SteeringObjective(worker)
+    with mock.patch.object(hpo.run.trial, "suggest", timed_suggest):
         for _ in range(n):
             started = time.perf_counter()
             study.optimize(objective, n_trials=1)
@@ -107,8 +107,8 @@ def breakdown(worker: Any, cfg: Any, n: int) -> tuple[list[str], dict[str, list[
 
 def cache_vs_extraction(worker: Any, pairs: list[Any], repeats: int) -> list[str]:
     """One-off cache cost, per-trial vector build from it, and per-trial re-extraction."""
-    from hpo.activations import ActivationCache, extract_activations
-    from hpo.methods import build_vector
+    from hpo.steering.activations import ActivationCache, extract_activations
+    from hpo.steering.methods import build_vector
 
     loaded = worker.loaded
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,8 +208,8 @@ def residual_before_after(worker: Any, repeats: int) -> tuple[list[str], dict[st
 
 def scaling(worker: Any, task: Any, pairs: list[Any], quick: bool) -> list[str]:
     """Scoring time vs validation items; extraction and vector build vs train pairs."""
-    from hpo.activations import ActivationCache, extract_activations
-    from hpo.methods import build_vector
+    from hpo.steering.activations import ActivationCache, extract_activations
+    from hpo.steering.methods import build_vector
 
     objective, model = worker.objective, worker.loaded.model
     sizes = [1, 2] if quick else [2, 4, 6]
@@ -252,7 +252,7 @@ def scaling(worker: Any, task: Any, pairs: list[Any], quick: bool) -> list[str]:
 
 def main(quick: bool = False) -> None:
     """Print every table and rewrite the `trial` section."""
-    from hpo.study import check_config, prepare_worker
+    from hpo.run.study import check_config, prepare_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.manual_seed(0)

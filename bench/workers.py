@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from bench.report import write_section
 from hpo import StorageConfig
-from hpo.budget import run_trials
+from hpo.run.budget import run_trials
 from storage import create_storage, default_sqlite_url
 from tests.pgserver import bindir, postgres_server
 

@@ -1,14 +1,20 @@
 """steering-hpo: find the best activation-steering configuration for a model and ship it.
 
-Public API: the config schemas, the errors, the vocabulary, the batching and KV-cache helpers
-shared with `objectives/`, and `load_bundle` to apply an exported bundle to a transformers model.
+Public API: the config schemas, the errors, the vocabulary (all torch-free, imported at once),
+`load_bundle` to apply an exported bundle to a transformers model, and the batching and
+KV-cache helpers; the torch-bound names load on first use, so `import hpo` (and `hpo --help`)
+stays light.
+
+Subpackages, one role each: `core` (torch-free base and the study record), `model`, `steering`,
+`run` (study, worker, trial), `export` (bundles), `monitor` (report, status, dashboard), `cli`.
 """
 
 from __future__ import annotations
 
-from hpo.batching import length_sorted_batches, pad_left
-from hpo.bundle import Bundle, BundleError, load_bundle
-from hpo.config import (
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from hpo.core.config import (
     ExportConfig,
     ExportRule,
     FluencyConfig,
@@ -24,12 +30,43 @@ from hpo.config import (
     StudyConfig,
     TaskConfig,
 )
-from hpo.errors import TrialFailure, UserError
-from hpo.kv import output_cache, scratch_cache, with_cache
-from hpo.progress import progress
-from hpo.vocabulary import ADD_MODES, AGGREGATIONS, ALPHA_SCALES, METHODS, MODES, POSITIONS
+from hpo.core.errors import TrialFailure, UserError
+from hpo.core.progress import progress
+from hpo.core.version import __version__
+from hpo.core.vocabulary import (
+    ADD_MODES,
+    AGGREGATIONS,
+    ALPHA_SCALES,
+    METHODS,
+    MODES,
+    POSITIONS,
+)
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from hpo.export.bundle import Bundle, BundleError, load_bundle
+    from hpo.model.batching import length_sorted_batches, pad_left
+    from hpo.model.kv import output_cache, scratch_cache, with_cache
+
+# Public names that need torch: loaded from their module on first access (PEP 562).
+_LAZY = {
+    "Bundle": "hpo.export.bundle",
+    "BundleError": "hpo.export.bundle",
+    "load_bundle": "hpo.export.bundle",
+    "length_sorted_batches": "hpo.model.batching",
+    "pad_left": "hpo.model.batching",
+    "output_cache": "hpo.model.kv",
+    "scratch_cache": "hpo.model.kv",
+    "with_cache": "hpo.model.kv",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hpo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 __all__ = [

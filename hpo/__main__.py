@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from hpo.cli import main
+from hpo.cli.command import main
 
 sys.exit(main())

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpo import TaskConfig, UserError
-from objectives._base import ContrastivePair, Objective, Reporter, ScoreResult
+from hpo.core.config import TaskConfig
+from hpo.core.errors import UserError
+from objectives._base import (
+    ConstrainedObjective,
+    ContrastivePair,
+    Objective,
+    Reporter,
+    ScoreResult,
+)
 from objectives.choice_probability import ChoiceProbability, rotate_options
 from objectives.generation import Generation
 from objectives.multiple_choice import MultipleChoice
@@ -60,6 +67,7 @@ __all__ = [
     "KINDS",
     "SCORERS",
     "ChoiceProbability",
+    "ConstrainedObjective",
     "ContrastivePair",
     "Generation",
     "MultipleChoice",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 Row = dict[str, Any]
 
@@ -52,11 +52,29 @@ class ScoreResult:
 
 
 class Objective(Protocol):
-    """Turns a (steered) model and a split into a number with a declared direction."""
+    """Turns a (steered) model and a split into a number with a declared direction.
+
+    Capabilities the trial loop reads:
+        forward_only: scoring only calls the model forward on whole batches (no `generate`, no
+            KV cache of its own), so a stand-in that re-runs only the blocks above the steered
+            layer can replace the model (`hpo.steering.residual`).
+        constrained: the objective judges its own outputs (e.g. fluency) and turns that into
+            Optuna constraints; it then implements `ConstrainedObjective` too.
+    """
 
     kind: str
     direction: str
     required_columns: tuple[str, ...]
+
+    @property
+    def forward_only(self) -> bool:
+        """Whether scoring only runs whole-batch forward passes (see the class docstring)."""
+        ...
+
+    @property
+    def constrained(self) -> bool:
+        """Whether trials carry the objective's own constraints (`ConstrainedObjective`)."""
+        ...
 
     def train_pairs(self, rows: Sequence[Row]) -> list[ContrastivePair]:
         """Contrastive pairs used to build steering vectors."""
@@ -78,4 +96,17 @@ class Objective(Protocol):
         reuse_prefix: bool = False,
     ) -> ScoreResult:
         """Score a prepared split with whatever steering is active on `model`."""
+        ...
+
+
+@runtime_checkable
+class ConstrainedObjective(Protocol):
+    """An objective whose trials carry its own constraints (feasible when every value <= 0)."""
+
+    def fluency(self, model: Any, prepared: Any, result: ScoreResult) -> dict[str, float]:
+        """Measures of the steered outputs in `result`, taken with `model` as it is now."""
+        ...
+
+    def constraints(self, prepared: Any, measured: dict[str, float]) -> dict[str, float]:
+        """Optuna constraint values from the measures (feasible when every value <= 0)."""
         ...

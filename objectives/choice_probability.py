@@ -17,16 +17,11 @@ from typing import Any
 
 import torch
 
-from hpo import (
-    TaskConfig,
-    UserError,
-    length_sorted_batches,
-    output_cache,
-    pad_left,
-    progress,
-    scratch_cache,
-    with_cache,
-)
+from hpo.core.config import TaskConfig
+from hpo.core.errors import UserError
+from hpo.core.progress import progress
+from hpo.model.batching import length_sorted_batches, pad_left
+from hpo.model.kv import output_cache, scratch_cache, with_cache
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt
 
@@ -93,6 +88,8 @@ class ChoiceProbability:
     """Objective kind `choice_probability` (see the module docstring)."""
 
     kind = "choice_probability"
+    forward_only = True
+    constrained = False
     required_columns = ("prompt", "positive", "negative")
 
     def __init__(self, cfg: TaskConfig, tokenizer: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from hpo import pad_left
+from hpo.model.batching import pad_left
 
 
 def distinct2(ids: Sequence[int]) -> float:

@@ -13,8 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpo import TaskConfig, UserError, length_sorted_batches, progress
-from hpo.generation import finish, generate_ids
+from hpo.core.config import TaskConfig
+from hpo.core.errors import UserError
+from hpo.core.progress import progress
+from hpo.model.batching import length_sorted_batches
+from hpo.model.decoding import finish, generate_ids
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.fluency import distinct2, perplexities
 from objectives.math_answer import final_answer, worked_answer
@@ -38,6 +41,7 @@ class Generation:
     """Objective kind `generation` (see the module docstring)."""
 
     kind = "generation"
+    forward_only = False
     required_columns = ("prompt",)
 
     def __init__(self, cfg: TaskConfig, tokenizer: Any) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from hpo import pad_left
+from hpo.model.batching import pad_left
 
 
 @dataclass
@@ -74,7 +74,7 @@ def build_reference(
     batch_size: int = 16,
 ) -> KLReference:
     """Generate each prompt's unsteered greedy continuation and keep its log-probs. Unsteered."""
-    from hpo.generation import generate_ids
+    from hpo.model.decoding import generate_ids
 
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id

@@ -22,16 +22,11 @@ from typing import Any
 
 import torch
 
-from hpo import (
-    TaskConfig,
-    UserError,
-    length_sorted_batches,
-    output_cache,
-    pad_left,
-    progress,
-    scratch_cache,
-    with_cache,
-)
+from hpo.core.config import TaskConfig
+from hpo.core.errors import UserError
+from hpo.core.progress import progress
+from hpo.model.batching import length_sorted_batches, pad_left
+from hpo.model.kv import output_cache, scratch_cache, with_cache
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt, template_fields
 
@@ -94,6 +89,8 @@ class MultipleChoice:
     """Objective kind `multiple_choice` (see the module docstring)."""
 
     kind = "multiple_choice"
+    forward_only = False  # options run on the prompt's own KV cache
+    constrained = False
     required_columns = ("prompt", "choices", "answer")
 
     def __init__(self, cfg: TaskConfig, tokenizer: Any) -> None:

@@ -6,7 +6,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from hpo.config import TaskConfig
+from hpo.core.config import TaskConfig
 
 
 def template_fields(template: str) -> list[str]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
-from hpo import UserError
+from hpo.core.errors import UserError
 from objectives.math_answer import math_verdict
 
 STATUSES = ("ok", "unparsed", "timeout")

@@ -17,7 +17,7 @@ from typing import Any
 
 import sympy
 
-from hpo import UserError
+from hpo.core.errors import UserError
 
 # The numbers a derived expression may use: the sampled params (window = number of steered
 # layers, also for an explicit layer set).

@@ -19,16 +19,9 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from hpo import (
-    ADD_MODES,
-    AGGREGATIONS,
-    ALPHA_SCALES,
-    METHODS,
-    MODES,
-    POSITIONS,
-    SearchSpaceConfig,
-    UserError,
-)
+from hpo.core.config import SearchSpaceConfig
+from hpo.core.errors import UserError
+from hpo.core.vocabulary import ADD_MODES, AGGREGATIONS, ALPHA_SCALES, METHODS, MODES, POSITIONS
 from search_spaces._derived import Derived, layer_scale, parse_derived
 
 PARAMS = ("layer", "window", "mode", "alpha", "aggregation", "method", "positions")

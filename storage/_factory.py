@@ -17,7 +17,8 @@ from optuna.storages import RDBStorage
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from hpo import StorageConfig, UserError
+from hpo.core.config import StorageConfig
+from hpo.core.errors import UserError
 from storage._retry import RetryStaleTrial
 
 SUPPORTED = ("sqlite", "postgresql", "mysql")

@@ -12,8 +12,8 @@ import torch
 from hydra import compose, initialize_config_module
 
 from hpo import ModelConfig, RunConfig
-from hpo.config import to_run_config
-from hpo.models import LoadedModel, load_model, local_model_dir
+from hpo.core.config import to_run_config
+from hpo.model.loading import LoadedModel, load_model, local_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

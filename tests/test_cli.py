@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 from safetensors.torch import load_file
 
 import hpo
-from hpo.models import LoadedModel
-from hpo.tasks import load_task
+from hpo.model.loading import LoadedModel
+from hpo.run.tasks import load_task
 from objectives import make_objective
 from tests.conftest import compose_run
 

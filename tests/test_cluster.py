@@ -12,7 +12,7 @@ import yaml
 from hydra import compose, initialize_config_module
 from optuna.trial import TrialState
 
-from hpo.cli import main
+from hpo.cli.command import main
 from tests.conftest import REPO, tiny_overrides
 
 

@@ -8,10 +8,10 @@ from unittest import mock
 import pytest
 import torch
 
-from hpo import activations
-from hpo.activations import load_or_build
-from hpo.methods import build_vector, caa
-from hpo.models import LoadedModel
+from hpo.steering import activations
+from hpo.model.loading import LoadedModel
+from hpo.steering.activations import load_or_build
+from hpo.steering.methods import build_vector, caa
 from objectives import ContrastivePair
 
 PAIRS = [

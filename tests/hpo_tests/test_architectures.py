@@ -17,13 +17,13 @@ import transformers
 from torch import nn
 
 from hpo import ModelConfig, TaskConfig, UserError
-from hpo.activations import ActivationCache, extract_activations
-from hpo.batching import pad_left
-from hpo.blocks import find_blocks, num_hidden_layers
-from hpo.config import ObjectiveConfig
-from hpo.generation import generate_ids
-from hpo.models import load_model, local_model_dir
-from hpo.steering import steer
+from hpo.core.config import ObjectiveConfig
+from hpo.model.batching import pad_left
+from hpo.model.blocks import find_blocks, num_hidden_layers
+from hpo.model.decoding import generate_ids
+from hpo.model.loading import load_model, local_model_dir
+from hpo.steering.activations import ActivationCache, extract_activations
+from hpo.steering.hooks import steer
 from objectives import ChoiceProbability, ContrastivePair
 from tests.conftest import unit
 

@@ -14,8 +14,8 @@ from optuna.artifacts import download_artifact, get_all_artifact_meta
 from optuna_dashboard import get_note
 from safetensors.torch import load_file
 
-from hpo.artifacts import artifact_store, is_best_so_far
-from hpo.dashboard import exposure_warning
+from hpo.monitor.artifacts import artifact_store, is_best_so_far
+from hpo.monitor.dashboard import exposure_warning
 from tests.hpo_tests.test_study import run_study, tiny_run
 
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from hpo import BundleError, load_bundle
-from hpo.bundle import STEERING_JSON, sha256_file
-from hpo.export import pick_trial, write_bundle
-from hpo.models import LoadedModel
-from hpo.steering import steer
+from hpo.export.bundle import STEERING_JSON, sha256_file
+from hpo.export.writer import pick_trial, write_bundle
+from hpo.model.loading import LoadedModel
+from hpo.steering.hooks import steer
 from tests.conftest import tokens
 from tests.hpo_tests.test_study import run_study, tiny_run
 
@@ -127,7 +127,7 @@ def test_bad_schema_version_is_refused(tiny_bundle: Path, tmp_path: Path) -> Non
 def test_cli_refuses_a_bundle_for_another_hidden_size(
     tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from hpo.cli import main
+    from hpo.cli.command import main
 
     bundle = copy_of(tiny_bundle, tmp_path)
     meta = json.loads((bundle / STEERING_JSON).read_text())
@@ -143,7 +143,7 @@ def test_cli_refuses_a_bundle_for_another_hidden_size(
 def test_cli_refuses_a_corrupted_vector_file(
     tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from hpo.cli import main
+    from hpo.cli.command import main
 
     bundle = copy_of(tiny_bundle, tmp_path)
     vec = next(bundle.glob("vectors/*/steering_vector.safetensors"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo.cli import main
+from hpo.cli.command import main
 from tests.conftest import REPO, compose_run
 
 
@@ -124,7 +124,7 @@ def test_every_bad_input_has_its_own_message(capsys: pytest.CaptureFixture) -> N
 
 
 def test_sentiment_task_splits_prompts_and_takes_pairs_from_their_own_file() -> None:
-    from hpo.tasks import load_task
+    from hpo.run.tasks import load_task
 
     cfg = compose_run("task=sentiment")
     splits = load_task(cfg.task)

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from hpo import load_bundle
-from hpo.control_vector import (
+from hpo.export.control_vector import (
     ControlVectorError,
     model_hint,
     read_control_vector,
     write_control_vector,
 )
-from hpo.export import pick_trial, write_bundle
+from hpo.export.writer import pick_trial, write_bundle
 from tests.conftest import unit
 from tests.hpo_tests.test_study import run_study, tiny_run
 

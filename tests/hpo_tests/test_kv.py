@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpo.kv import cache_keyword, output_cache, past_length, with_cache
-from hpo.models import LoadedModel
-from hpo.steering import steer
+from hpo.model.kv import cache_keyword, output_cache, past_length, with_cache
+from hpo.model.loading import LoadedModel
+from hpo.steering.hooks import steer
 from tests.conftest import tokens, unit
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hpo import TrialFailure, UserError
-from hpo.activations import ActivationCache
-from hpo.methods import VectorBuilder, caa, model_diff, pca
-from hpo.probe import split_pairs, train_probe
+from hpo.steering.activations import ActivationCache
+from hpo.steering.methods import VectorBuilder, caa, model_diff, pca
+from hpo.steering.probe import split_pairs, train_probe
 
 H = 16
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from hpo.model_card import model_card
+from hpo.export.model_card import model_card
 
 
 def meta(layer: int = 13, control_vector: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from hpo import MODES, POSITIONS, UserError
-from hpo.batching import pad_left
-from hpo.generation import generate_ids
-from hpo.models import LoadedModel
-from hpo.steering import apply_mode, steer
+from hpo.model.batching import pad_left
+from hpo.model.decoding import generate_ids
+from hpo.model.loading import LoadedModel
+from hpo.steering.hooks import apply_mode, steer
 from tests.conftest import tokens, unit
 
 PROMPTS = ("The weather today is", "My favourite food is a very long")

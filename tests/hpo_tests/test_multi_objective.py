@@ -13,12 +13,12 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from hpo import ExportRule, ObjectiveConfig, RunConfig, UserError
-from hpo.bundle import STEERING_JSON
-from hpo.export import pick_trial, write_bundle
-from hpo.metrics import study_metrics
-from hpo.selection import Rule, parse_rule, pick_by_rule, values_of
-from hpo.status import render_status
-from hpo.study import check_config, open_study, prepare_worker, run_trials
+from hpo.core.objective_metrics import study_metrics
+from hpo.core.selection import Rule, parse_rule, pick_by_rule, values_of
+from hpo.export.bundle import STEERING_JSON
+from hpo.export.writer import pick_trial, write_bundle
+from hpo.monitor.status import render_status
+from hpo.run.study import check_config, open_study, prepare_worker, run_trials
 from tests.conftest import compose_run, tiny_overrides
 
 SMALL_KL = ("task.objective.kl.n_prompts=2", "task.objective.kl.max_new_tokens=4")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpo.progress import progress, progress_enabled
+from hpo.core.progress import progress, progress_enabled
 
 
 def test_pipes_and_ci_get_no_bar(

@@ -10,8 +10,8 @@ from typing import Any
 from optuna.trial import TrialState
 
 from hpo import RunConfig
-from hpo.study import check_config, open_study, prepare_worker, run_trials
-from hpo.trial import BASELINE_ATTR
+from hpo.core.record import BASELINE_ATTR
+from hpo.run.study import check_config, open_study, prepare_worker, run_trials
 from tests.conftest import compose_run, tiny_overrides
 
 
@@ -52,9 +52,7 @@ def test_wilcoxon_prunes_a_clearly_worse_trial_and_never_a_baseline(
     real_score = worker.score
     calls = {"n": 0}
 
-    def planted(
-        params: dict[str, Any], prepared: Any, report: Any = None, *a: Any, **k: Any
-    ) -> Any:
+    def planted(params: Any, prepared: Any, report: Any = None, *a: Any, **k: Any) -> Any:
         calls["n"] += 1
         if calls["n"] > 1 and report is not None:
             inner = report
@@ -65,7 +63,7 @@ def test_wilcoxon_prunes_a_clearly_worse_trial_and_never_a_baseline(
 
         return real_score(params, prepared, report, *a, **k)
 
-    worker.score = planted  # type: ignore[method-assign]
+    worker.score = planted  # type: ignore[method-assign,assignment]
     run_trials(study, worker, cfg.study.n_trials)
     trials = study.get_trials()
     n_variants = 2 * cfg.task.splits.validation  # every item in both option orders

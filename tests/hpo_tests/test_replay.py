@@ -14,9 +14,9 @@ import torch
 from optuna.trial import TrialState
 
 from hpo import ADD_MODES, AGGREGATIONS, METHODS, MODES, POSITIONS, load_bundle
-from hpo.bundle import STEERING_JSON
-from hpo.export import pick_trial, write_bundle
-from hpo.trial import PREFIX_POSITIONS
+from hpo.export.bundle import STEERING_JSON
+from hpo.export.writer import pick_trial, write_bundle
+from hpo.run.worker import PREFIX_POSITIONS
 from tests.hpo_tests.test_study import run_study, tiny_run
 
 ALPHA = 0.7
@@ -73,7 +73,7 @@ def replay_study(
         f"model_diff.name_or_path={tiny_finetuned_dir}",
         "log_level=WARNING",
     )
-    from hpo.study import open_study
+    from hpo.run.study import open_study
 
     study = open_study(cfg)
     for params in combos:

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from hpo import POSITIONS, load_bundle
-from hpo.bundle import STEERING_JSON
-from hpo.cli import main
-from hpo.export import write_bundle
-from hpo.generation import finish
-from hpo.models import LoadedModel
-from hpo.tasks import load_task
+from hpo.cli.command import main
+from hpo.export.bundle import STEERING_JSON
+from hpo.export.writer import write_bundle
+from hpo.model.decoding import finish
+from hpo.model.loading import LoadedModel
+from hpo.run.tasks import load_task
 from objectives import make_objective
 from tests.conftest import compose_run
 from tests.hpo_tests.test_study import run_study
@@ -48,7 +48,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         f"search_space.positions=[{','.join(POSITIONS)}]",
         "log_level=WARNING",
     )
-    from hpo.study import open_study
+    from hpo.run.study import open_study
 
     study = open_study(cfg)
     for positions in POSITIONS:

@@ -10,7 +10,8 @@ from typing import Any
 import optuna
 import pytest
 
-from hpo.report import figures, metric_label, write_report
+from hpo.core.record import metric_label
+from hpo.monitor.report import figures, write_report
 from tests.hpo_tests.test_study import run_study, tiny_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,13 +9,14 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hpo.batching import pad_left
-from hpo.blocks import find_blocks
-from hpo.models import LoadedModel, ModelShape
-from hpo.residual import ResidualCache, SteeredAbove
-from hpo.steering import steer
-from hpo.study import prepare_worker
-from hpo.trial import Worker
+from hpo.model.batching import pad_left
+from hpo.model.blocks import find_blocks
+from hpo.model.loading import LoadedModel, ModelShape
+from hpo.run.study import prepare_worker
+from hpo.run.worker import Worker
+from hpo.steering.application import Application
+from hpo.steering.hooks import steer
+from hpo.steering.residual import ResidualCache, SteeredAbove
 from tests.conftest import compose_run, tiny_overrides
 from tests.hpo_tests.test_architectures import FAMILIES, _build
 
@@ -102,7 +103,7 @@ def test_a_model_whose_forward_changes_inputs_embeds_falls_back_to_full_passes()
     with steer(model, blocks, {1: vector}, 2.0, "all"), torch.inference_mode():
         want = model(**inputs, use_cache=False).logits
     assert residual.exact is False
-    assert not residual.applies({"positions": "all"}, {1: vector})
+    assert not residual.applies(Application(positions="all"), {1: vector})
     assert torch.equal(got, want)
 
 

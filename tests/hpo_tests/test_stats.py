@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from hpo.stats import bootstrap_diff_ci
+from hpo.core.stats import bootstrap_diff_ci
 
 
 def test_a_constant_difference_has_a_zero_width_interval() -> None:

@@ -7,11 +7,11 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hpo import UserError
-from hpo.batching import pad_left
-from hpo.blocks import find_blocks
-from hpo.generation import generate_ids
-from hpo.models import LoadedModel
-from hpo.steering import steer
+from hpo.model.batching import pad_left
+from hpo.model.blocks import find_blocks
+from hpo.model.decoding import generate_ids
+from hpo.model.loading import LoadedModel
+from hpo.steering.hooks import steer
 from tests.conftest import tokens, unit
 
 PROMPTS = ("The weather today is", "My favourite food is a very long")

@@ -12,9 +12,10 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo import RunConfig, TrialFailure, UserError
-from hpo.export import pick_trial, write_bundle
-from hpo.study import check_config, open_study, prepare_worker, run_trials
-from hpo.tasks import TaskSplits
+from hpo.export.writer import pick_trial, write_bundle
+from hpo.monitor.publisher import Publisher
+from hpo.run.study import check_config, open_study, prepare_worker, run_trials
+from hpo.run.tasks import TaskSplits
 from tests.conftest import compose_run, tiny_overrides
 
 
@@ -23,10 +24,12 @@ def tiny_run(model_dir: Path, out: Path, *extra: str) -> RunConfig:
 
 
 def run_study(cfg: RunConfig) -> tuple[optuna.Study, Any]:
+    """As `hpo optimize` runs it in-process: the dashboard publisher included."""
     task = check_config(cfg)
-    study = open_study(cfg)
+    publisher = Publisher(cfg)
+    study = open_study(cfg, on_create=publisher.describe)
     worker = prepare_worker(cfg, task)
-    run_trials(study, worker, cfg.study.n_trials)
+    run_trials(study, worker, cfg.study.n_trials, publisher)
     return study, worker
 
 

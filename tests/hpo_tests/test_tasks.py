@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from hpo.cli import main
-from hpo.study import check_config, open_study, prepare_worker, run_trials
-from hpo.tasks import load_task
+from hpo.cli.command import main
+from hpo.run.study import check_config, open_study, prepare_worker, run_trials
+from hpo.run.tasks import load_task
 from tests.conftest import compose_run, tiny_overrides
 
 ROWS = [

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from hpo import TaskConfig, UserError
-from hpo.config import ObjectiveConfig
-from hpo.models import LoadedModel
-from hpo.steering import steer
-from hpo.tasks import load_task
+from hpo.core.config import ObjectiveConfig
+from hpo.model.loading import LoadedModel
+from hpo.run.tasks import load_task
+from hpo.steering.hooks import steer
 from objectives import ChoiceProbability, rotate_options
 from tests.conftest import compose_run
 

@@ -9,10 +9,10 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo import UserError
-from hpo.export import pick_trial
-from hpo.models import LoadedModel
-from hpo.study import check_config, open_study, prepare_worker, run_trials
-from hpo.trial import BASELINE_ATTR
+from hpo.core.record import BASELINE_ATTR
+from hpo.export.writer import pick_trial
+from hpo.model.loading import LoadedModel
+from hpo.run.study import check_config, open_study, prepare_worker, run_trials
 from objectives.fluency import distinct2, perplexities
 from objectives.scorers import get_scorer, sentiment
 from tests.conftest import compose_run
@@ -38,8 +38,8 @@ def test_sentiment_scorer_orders_obvious_texts() -> None:
 
 def test_perplexity_of_the_models_own_greedy_text_is_low(tiny_model_dir: Path) -> None:
     from hpo import ModelConfig
-    from hpo.generation import generate_ids
-    from hpo.models import load_model
+    from hpo.model.decoding import generate_ids
+    from hpo.model.loading import load_model
 
     tiny = load_model(ModelConfig(name_or_path=str(tiny_model_dir), gguf_file=None))
     prompts = [tiny.tokenizer.encode("Once upon a time")]
@@ -87,7 +87,7 @@ def test_repetitive_text_is_infeasible_and_never_exported(tmp_path: Path) -> Non
 
 def test_generation_reports_mean_generated_tokens_up_to_eos(tiny_model_dir: Path) -> None:
     from hpo import ModelConfig
-    from hpo.models import load_model
+    from hpo.model.loading import load_model
     from objectives import Generation
 
     cfg = compose_run("task=sentiment", "task.objective.max_new_tokens=6").task

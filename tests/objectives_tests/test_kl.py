@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from hpo.generation import chat_prompt
-from hpo.models import LoadedModel
-from hpo.steering import steer
+from hpo.model.decoding import chat_prompt
+from hpo.model.loading import LoadedModel
+from hpo.steering.hooks import steer
 from objectives.kl import KLReference, build_reference, kl_per_prompt
 
 PROMPTS = ["Tell me about your morning.", "What is a cup?"]

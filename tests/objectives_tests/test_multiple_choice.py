@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from hpo import UserError
-from hpo.models import LoadedModel
-from hpo.tasks import load_task
+from hpo.model.loading import LoadedModel
+from hpo.run.tasks import load_task
 from objectives import make_objective
 from objectives.multiple_choice import MultipleChoice
 from tests.conftest import compose_run

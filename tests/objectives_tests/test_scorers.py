@@ -12,8 +12,8 @@ import pytest
 
 import objectives.math_answer as math_answer
 from hpo import UserError
-from hpo.generation import truncate_at_stop
-from hpo.models import LoadedModel
+from hpo.model.decoding import truncate_at_stop
+from hpo.model.loading import LoadedModel
 from objectives.math_answer import final_answer, math_verdict, worked_answer
 from objectives.scorers import get_scorer
 

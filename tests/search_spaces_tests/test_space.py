@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo import SearchSpaceConfig, UserError
-from hpo.config import FloatRange, IntRange
+from hpo.core.config import FloatRange, IntRange
 from search_spaces import (
     baseline_params,
     distributions,

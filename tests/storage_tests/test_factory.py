@@ -127,8 +127,8 @@ def test_the_password_is_in_no_study_attribute_and_no_status_line(
 ) -> None:
     import json
 
-    from hpo.status import render_status
-    from hpo.study import open_study, storage_url
+    from hpo.monitor.status import render_status
+    from hpo.run.study import open_study, storage_url
     from tests.conftest import compose_run
     from tests.pgserver import PG_PASSWORD
 

@@ -12,7 +12,7 @@ import time
 import optuna
 
 from hpo import StorageConfig
-from hpo.budget import run_trials
+from hpo.run.budget import run_trials
 from storage import create_storage
 
 

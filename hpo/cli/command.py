@@ -1,0 +1,196 @@
+"""The `hpo` console script: `hpo <verb> [--config-dir DIR] [key=value ...]`.
+
+Each verb composes its Hydra config (package `conf/` plus any `--config-dir`), validates it into
+dataclasses, and runs. Exit codes: 0 success, 2 user error (one line on stderr), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from hpo.core.errors import UserError
+
+USAGE = """usage: hpo <verb> [--config-dir DIR] [--cfg] [key=value ...]
+
+verbs:
+  optimize   create/load the study, run it (workers=N processes), export the winner
+  worker     join an existing study (same storage.url + study.name) and run trials
+  export     best trial (or export.trial=K) -> bundle, with held-out test metrics
+  status     trials by state, baseline, best, failures
+  report     plots of the study: PNG files + report.html (report.dir=...)
+  dashboard  optuna-dashboard on the study's storage, on 127.0.0.1 (dashboard.port=...)
+  generate   bundle=DIR prompt="..." : unsteered vs steered completions
+
+--cfg prints the composed config and exits. Examples:
+  hpo optimize experiment=smoke
+  hpo optimize task=sycophancy study.n_trials=50 search_space.layers.high=20
+  hpo export output_dir=outputs/smoke
+"""
+
+
+def _compose(config_name: str, overrides: list[str], config_dirs: list[str]) -> DictConfig:
+    if config_dirs:
+        paths = ",".join(f"file://{Path(d).expanduser().resolve()}" for d in config_dirs)
+        overrides = [*overrides, f"hydra.searchpath=[{paths}]"]
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def _hydra_message(e: Exception) -> str:
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file:
+        group, _, name = e.missing_cfg_file.rpartition("/")
+        options = f"; choices: {', '.join(sorted(e.options))}" if e.options else ""
+        return f"unknown {group or 'config'} {name!r}{options}"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return " ".join(lines[:2]) if lines else type(e).__name__
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="[%(asctime)s %(levelname)s] %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    import optuna
+    import transformers
+
+    # Our own log lines say what happened to each trial (Optuna's repeat them with tracebacks).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    transformers.logging.set_verbosity_error()
+    if not sys.stderr.isatty():
+        transformers.utils.logging.disable_progress_bar()
+
+
+def _multirun(
+    verb: str,
+    config_name: str,
+    run: Callable[[DictConfig, Sequence[str]], int],
+    overrides: list[str],
+    config_dirs: list[str],
+) -> int:
+    """`hpo worker -m hydra/launcher=submitit_slurm ...`: let a Hydra launcher start the workers.
+
+    Each launched job composes the same config and runs the verb; SLURM (through submitit) or
+    any other Hydra launcher owns scheduling, we own nothing but the job body.
+    """
+    import hydra
+
+    errors: list[str] = []
+
+    @hydra.main(version_base="1.3", config_path="pkg://conf", config_name=config_name)
+    def job(cfg: DictConfig) -> int:
+        _setup_logging(str(cfg.get("log_level", "INFO")))
+        try:
+            return run(cfg, overrides)
+        except UserError as e:
+            errors.append(str(e))
+            return 2
+
+    extra = [f"--config-dir={Path(d).expanduser().resolve()}" for d in config_dirs]
+    saved = sys.argv
+    sys.argv = [f"hpo-{verb}", "--multirun", *extra, *overrides]
+    try:
+        job()
+    finally:
+        sys.argv = saved
+    if errors:
+        raise UserError(errors[0])
+    return 0
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def _split_args(args: Sequence[str]) -> tuple[list[str], list[str], bool]:
+    overrides: list[str] = []
+    config_dirs: list[str] = []
+    print_cfg = False
+    it = iter(args)
+    for arg in it:
+        if arg == "--config-dir":
+            value = next(it, None)
+            if value is None:
+                raise UserError("--config-dir needs a directory, got nothing")
+            config_dirs.append(value)
+        elif arg.startswith("--config-dir="):
+            config_dirs.append(arg.split("=", 1)[1])
+        elif arg == "--cfg":
+            print_cfg = True
+        elif arg.startswith("-"):
+            raise UserError(f"unknown option {arg!r}; options: --config-dir DIR, --cfg")
+        else:
+            overrides.append(arg)
+    for d in config_dirs:
+        if not Path(d).expanduser().is_dir():
+            raise UserError(f"--config-dir must be an existing directory, got {d!r}")
+    return overrides, config_dirs, print_cfg
+
+
+def _verbs() -> dict[str, tuple[str, Callable[[DictConfig, Sequence[str]], int]]]:
+    from hpo.cli import verbs
+
+    return {
+        "optimize": ("hpo", verbs.optimize),
+        "worker": ("hpo", verbs.worker),
+        "export": ("hpo", verbs.export),
+        "status": ("hpo", verbs.status),
+        "report": ("hpo", verbs.report),
+        "dashboard": ("hpo", verbs.dashboard),
+        "generate": ("generate", verbs.generate),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `hpo` console script; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    verb, rest = args[0], args[1:]
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        verbs = _verbs()
+        if verb not in verbs:
+            raise UserError(f"unknown verb {verb!r}; verbs: {', '.join(verbs)}")
+        config_name, run = verbs[verb]
+        multirun = bool({"-m", "--multirun"} & set(rest))
+        rest = [a for a in rest if a not in ("-m", "--multirun")]
+        if multirun and verb != "worker":
+            raise UserError(f"-m (a Hydra launcher sweep) is for `hpo worker`, got `hpo {verb}`")
+        overrides, config_dirs, print_cfg = _split_args(rest)
+        if multirun:
+            return _multirun(verb, config_name, run, overrides, config_dirs)
+        try:
+            cfg = _compose(config_name, overrides, config_dirs)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise UserError(f"bad config: {_hydra_message(e)}") from e
+        if print_cfg:
+            print(OmegaConf.to_yaml(cfg))
+            return 0
+        _setup_logging(str(cfg.get("log_level", "INFO")))
+        # SIGTERM (kill, Kubernetes, SLURM) stops like Ctrl-C: the running trial is marked FAIL.
+        signal.signal(signal.SIGTERM, _interrupt)
+        return run(cfg, rest)
+    except UserError as e:
+        print(f"hpo {verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hpo {verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""What each CLI verb does once its config is composed. Each returns an exit code."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from hpo.core.config import RunConfig, to_generate_config, to_run_config
+from hpo.core.errors import UserError
+from hpo.core.record import format_params
+
+log = logging.getLogger("hpo")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _print_results(meta: dict[str, Any], path: Path) -> None:
+    val, test = meta["metrics"]["validation"], meta["metrics"]["test"]
+    lo, hi = test["ci95"]
+    params = format_params(meta["study"]["params"])
+    print()
+    print(f"study       {meta['study']['name']}: {meta['study']['n_trials']} trials")
+    print(
+        f"validation  baseline {_fmt(val['baseline'])} -> best {_fmt(val['steered'])}  "
+        f"(trial {meta['study']['trial']}: {params})"
+    )
+    print(
+        f"test (n={test['n']})  baseline {_fmt(test['baseline'])} -> steered "
+        f"{_fmt(test['steered'])}  difference {test['difference']:+.4f} "
+        f"[95% CI {lo:+.4f}, {hi:+.4f}]"
+    )
+    if test["per_letter"]["steered"]:
+        letters = "  ".join(
+            f"{k}: {test['per_letter']['baseline'][k]:.3f}->{v:.3f}"
+            for k, v in test["per_letter"]["steered"].items()
+        )
+        print(f"per letter  {letters}")
+    acc = test.get("accuracy")
+    if acc:
+        print(
+            f"accuracy    baseline {acc['baseline']:.4f} -> steered {acc['steered']:.4f}  "
+            f"difference {acc['steered'] - acc['baseline']:+.4f} "
+            f"[95% CI {acc['ci95'][0]:+.4f}, {acc['ci95'][1]:+.4f}]"
+        )
+    unparsed = test.get("unparsed")
+    if unparsed and (any(unparsed["baseline"].values()) or any(unparsed["steered"].values())):
+        shown = ", ".join(
+            f"{k} {unparsed['baseline'].get(k, 0)} -> {unparsed['steered'][k]}"
+            for k in unparsed["steered"]
+        )
+        print(f"unreadable  {shown} (answers scored as wrong)")
+    fluency = test.get("fluency")
+    if fluency:
+        s, b = fluency["steered"], fluency["baseline"]
+        print(
+            f"fluency     perplexity {b['perplexity']:.1f} -> {s['perplexity']:.1f}, "
+            f"distinct-2 {b['distinct2']:.2f} -> {s['distinct2']:.2f} "
+            f"({'feasible' if fluency['feasible'] else 'INFEASIBLE'})"
+        )
+    side = {k: v for k, v in test.get("metrics", {}).items() if k != "score"}
+    for name, m in side.items():
+        ci = f" [95% CI {m['ci95'][0]:+.4f}, {m['ci95'][1]:+.4f}]" if "ci95" in m else ""
+        base = val["metrics"].get(name, {})
+        print(
+            f"{name:<11} validation {_fmt(base.get('baseline'))} -> {_fmt(base.get('steered'))}"
+            f"; test {_fmt(m['baseline'])} -> {_fmt(m['steered'])}{ci}"
+        )
+    everywhere = (meta.get("control_vector") or {}).get("measured")
+    if everywhere:
+        print(f"llama.cpp   {llama_cpp_line(everywhere)}")
+    selection = meta.get("selection", {})
+    if "front" in selection:
+        print(
+            f"pareto      {len(selection['front'])} trials on the front "
+            f"({', '.join(m['name'] for m in selection['metrics'])}); rule {selection['rule']}"
+        )
+    for sample in test.get("samples", []):
+        print(f"\nprompt      {sample['prompt']}")
+        print(f"  unsteered {sample['unsteered']}")
+        print(f"  steered   {sample['steered']}")
+        if "reference" in sample:
+            u, s = ("right" if sample["correct"][k] else "wrong" for k in ("unsteered", "steered"))
+            gold = " ".join(str(sample["reference"]).split())[-60:]
+            print(f"  gold      ...{gold}  (unsteered {u}, steered {s})")
+    if test.get("samples"):
+        print()
+    for warning in meta["metrics"]["warnings"]:
+        print(f"warning     {warning}")
+    print(f"bundle      {path}")
+
+
+def llama_cpp_line(m: dict[str, Any]) -> str:
+    """One line: the test split scored at every position, as the control vector applies."""
+    lo, hi = m["ci95"]
+    line = (
+        f"every position (control_vector.gguf): test {_fmt(m['baseline'])} -> "
+        f"{_fmt(m['steered'])}  difference {m['difference']:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}]"
+    )
+    fluency = m.get("fluency")
+    if fluency:
+        line += f"; perplexity {fluency['perplexity']:.1f}, distinct-2 {fluency['distinct2']:.2f}"
+    kl = m.get("metrics", {}).get("kl")
+    if kl:
+        line += f"; kl {kl['steered']:.4f}"
+    return line + ("" if m["feasible"] else " (INFEASIBLE)")
+
+
+def _export(cfg: RunConfig, study: Any, worker: Any) -> int:
+    import json
+
+    from hpo.core.objective_metrics import is_multi
+    from hpo.core.selection import parse_rule
+    from hpo.export.bundle import STEERING_JSON
+    from hpo.export.writer import pick_trial, write_bundle
+
+    rule = None
+    if cfg.export.rule is not None or is_multi(cfg.task.objective):
+        rule = parse_rule(cfg.export.rule, cfg.task.objective)
+    trial = pick_trial(study, cfg.export.trial, None if cfg.export.trial is not None else rule)
+    path = write_bundle(worker, study, trial, cfg.export.dir, rule)
+    _print_results(json.loads((path / STEERING_JSON).read_text()), path)
+    return 0
+
+
+def optimize(raw: DictConfig, args: Sequence[str] = ()) -> int:
+    """`hpo optimize`: create/load the study, run it to its budget, export the winner."""
+    from hpo.core.record import summary
+    from hpo.monitor.publisher import Publisher
+    from hpo.run.study import check_config, open_study, prepare_worker, run_trials
+
+    cfg = to_run_config(raw)
+    if cfg.workers == 1 and cfg.worker_rank is None:
+        cfg.worker_rank = 0  # in-process: reproducible sampler seed
+    task = check_config(cfg)
+    publisher = Publisher(cfg)
+    study = open_study(cfg, on_create=publisher.describe)
+    if cfg.workers > 1:
+        from hpo.run.launcher import run_workers
+
+        run_workers(cfg, study, args)
+        worker = None
+    else:
+        worker = prepare_worker(cfg, task)
+        run_trials(study, worker, cfg.study.n_trials, publisher)
+    info = summary(study)
+    log.info("study done: baseline %s, best %s", _fmt(info["baseline"]), _fmt(info["best_value"]))
+    if not cfg.export.enabled:
+        return 0
+    return _export(cfg, study, worker or prepare_worker(cfg, task, validation=False))
+
+
+def worker(raw: DictConfig, args: Sequence[str] = ()) -> int:
+    """`hpo worker`: join an existing study and run trials until its budget is met."""
+    from hpo.monitor.publisher import Publisher
+    from hpo.run.study import check_config, open_study, prepare_worker, run_trials
+
+    cfg = to_run_config(raw)
+    task = check_config(cfg)
+    study = open_study(cfg, create=False)
+    run_trials(study, prepare_worker(cfg, task), cfg.study.n_trials, Publisher(cfg))
+    return 0
+
+
+def _stored_run_config(cfg: RunConfig, study: Any) -> RunConfig:
+    """The config the study was made with, with this invocation's export/storage/output."""
+    from hpo.run.study import stored_config
+
+    record = stored_config(study)
+    record["export"] = dataclasses.asdict(cfg.export)
+    record["storage"] = dataclasses.asdict(cfg.storage)
+    record["output_dir"] = cfg.output_dir
+    record["log_level"] = cfg.log_level
+    return to_run_config(OmegaConf.create(record))
+
+
+def export(raw: DictConfig, args: Sequence[str] = ()) -> int:
+    """`hpo export`: best trial (or export.trial) -> bundle, scored on the held-out test split."""
+    from hpo.run.study import open_study, prepare_worker
+
+    cfg = to_run_config(raw)
+    study = open_study(cfg, create=False, join=False)
+    stored = _stored_run_config(cfg, study)
+    return _export(stored, study, prepare_worker(stored, validation=False))
+
+
+def status(raw: DictConfig, args: Sequence[str] = ()) -> int:
+    """`hpo status`: one table of the study's state."""
+    from hpo.monitor.status import render_status
+    from hpo.run.study import open_study, storage_url
+    from storage import mask_url
+
+    cfg = to_run_config(raw)
+    study = open_study(cfg, create=False, join=False)
+    print(render_status(study, mask_url(storage_url(cfg))))
+    return 0
+
+
+def report(raw: DictConfig, args: Sequence[str] = ()) -> int:
+    """`hpo report`: the study's plots as PNG files and one self-contained HTML page."""
+    from hpo.core.record import metric_label
+    from hpo.monitor.report import write_report
+    from hpo.monitor.status import render_status
+    from hpo.run.study import open_study, storage_url, stored_config
+    from storage import mask_url
+
+    cfg = to_run_config(raw)
+    study = open_study(cfg, create=False, join=False)
+    record = stored_config(study)
+    objective = record["task"]["objective"]
+    label = metric_label(objective["kind"], objective.get("scorer"))
+    lines = render_status(study, mask_url(storage_url(cfg))).splitlines()
+    paths = write_report(
+        study, cfg.report.dir, label, record["search_space"]["alpha_scale"], lines
+    )
+    for name, path in paths.items():
+        print(f"{name:<13}{path}")
+    return 0
+
+
+def dashboard(raw: DictConfig, args: Sequence[str] = ()) -> int:
+    """`hpo dashboard`: optuna-dashboard on the study's storage, with its artifact store."""
+    from hpo.monitor.dashboard import serve
+    from hpo.monitor.note import refresh_note
+    from hpo.run.study import open_study, storage_url
+    from storage import create_storage, mask_url
+
+    cfg = to_run_config(raw)
+    url = storage_url(cfg)
+    study = open_study(cfg, create=False, join=False)
+    refresh_note(study)  # current baseline and best in the note
+    serve(
+        create_storage(cfg.storage, url),
+        cfg.dashboard.host,
+        cfg.dashboard.port,
+        cfg.artifacts_dir,
+        mask_url(url),
+    )
+    return 0
+
+
+def generate(raw: DictConfig, args: Sequence[str] = ()) -> int:
+    """`hpo generate`: a bundle's unsteered vs steered completions, side by side.
+
+    Each prompt is generated alone (batch of one, no padding): what `model.generate` gives a
+    user on that prompt. `replay=true` regenerates the bundle's recorded samples with their exact
+    prompt text, length and stop strings, and checks them token for token (exit 1 on a mismatch).
+    """
+    from hpo.core.progress import progress
+    from hpo.export.bundle import load_bundle
+    from hpo.model.decoding import complete_each
+    from hpo.model.loading import load_model
+
+    gen = to_generate_config(raw)
+    if gen.replay and gen.alpha is not None:
+        raise UserError(
+            "replay=true checks the recorded samples at the bundle's alpha; "
+            f"drop alpha={gen.alpha}"
+        )
+    if not (gen.replay or gen.prompt or gen.prompts_file):
+        raise UserError('generate needs prompt="...", prompts_file=PATH or replay=true, got none')
+    bundle = load_bundle(gen.bundle)
+    samples = bundle.samples() if gen.replay else []
+    if gen.replay and not samples:
+        raise UserError(f"bundle {gen.bundle} records no generated samples to replay")
+    prompts = [str(s["prompt"]) for s in samples] or ([gen.prompt] if gen.prompt else [])
+    if gen.prompts_file and not gen.replay:
+        path = Path(gen.prompts_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"prompts_file must be an existing file, got {gen.prompts_file!r}")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise UserError('generate needs prompt="...", prompts_file=PATH or replay=true, got none')
+    if gen.alpha is not None:
+        bundle.alpha = gen.alpha
+    loaded = load_model(bundle.model_config(gen.device))
+    tok = loaded.tokenizer
+    if samples:
+        texts = [str(s["text"]) for s in samples]
+        budget, stop = bundle.generation["max_new_tokens"], bundle.generation["stop"] or None
+    else:
+        texts = [bundle.prompt(tok, p, gen.chat_template) for p in prompts]
+        budget, stop = gen.max_new_tokens, None
+    ids = [tok.encode(t) for t in texts]
+    plain: list[tuple[list[int], str]] = []
+    steered: list[tuple[list[int], str]] = []
+    for which in progress(("unsteered", "steered"), "generating", unit="pass"):
+        if which == "unsteered":
+            plain = complete_each(loaded.model, tok, ids, budget, stop_strings=stop)
+            continue
+        with bundle.apply(loaded.model) as handle:
+            steered = complete_each(loaded.model, tok, ids, budget, handle, stop)
+    for prompt, (_, a), (_, b) in zip(prompts, plain, steered, strict=True):
+        print(f"=== prompt: {prompt}")
+        print(f"--- unsteered:\n{a.strip()}")
+        print(f"--- steered (alpha={bundle.alpha:.3f}, layers {sorted(bundle.vectors)}):")
+        print(b.strip())
+    if not samples:
+        return 0
+    same_u = sum(s["unsteered_ids"] == u for s, (u, _) in zip(samples, plain, strict=True))
+    same_s = sum(s["steered_ids"] == v for s, (v, _) in zip(samples, steered, strict=True))
+    n = len(samples)
+    print(
+        f"replay      {same_s}/{n} steered and {same_u}/{n} unsteered samples identical to the "
+        "bundle's record, token for token"
+    )
+    if same_s == same_u == n:
+        return 0
+    print(
+        "replay differs from the bundle's record: another model copy, dtype, device or library "
+        "version than the export's (see steering.json `environment`)",
+        file=sys.stderr,
+    )
+    return 1

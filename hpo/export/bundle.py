@@ -1,0 +1,220 @@
+"""Load an exported bundle and apply it to a transformers model.
+
+Only `json`, `safetensors` and `torch` are needed: no pickle, no remote code, none of the
+training machinery. `load_bundle(path).apply(model)` is a context manager.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from hpo.core.errors import UserError
+from hpo.model.blocks import find_blocks, num_hidden_layers
+from hpo.steering.hooks import SteeringHandle, steer
+
+if TYPE_CHECKING:
+    from hpo.core.config import ModelConfig
+
+SCHEMA_VERSION = 1
+STEERING_JSON = "steering.json"
+
+
+def vector_relpath(trait: str) -> str:
+    """Where a trait's vectors live inside a bundle (seed 000's layout)."""
+    return f"vectors/{trait}/steering_vector.safetensors"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class BundleError(UserError):
+    """A bundle that cannot be loaded or does not fit the model."""
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: vectors by layer, the exported alpha, and how to apply them.
+
+    Layer `L` is steered by `alpha * scales[L]` along `vectors[L]` in `mode` (`add`,
+    `add_norm_preserving`, `ablate`; see `hpo.steering.hooks`), at `positions`.
+
+    Attributes:
+        alpha: multiplier used by `apply`; change it, also while a context is open (for
+            `ablate` it is the share of the component removed: 1 = all, 0 = none).
+        enabled: `False` makes an open `apply` context run the model unsteered.
+    """
+
+    path: Path
+    meta: dict[str, Any]
+    vectors: dict[int, torch.Tensor]
+    alpha: float
+    positions: str
+    mode: str = "add"
+    scales: dict[int, float] = field(default_factory=dict)
+    _handles: list[SteeringHandle] = field(default_factory=list, repr=False)
+    _enabled: bool = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "alpha":
+            for handle in getattr(self, "_handles", []):
+                handle.alpha = float(value)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether open `apply` contexts steer."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = value
+        for handle in self._handles:
+            handle.enabled = value
+
+    def check_model(self, model: Any) -> None:
+        """Refuse a model with another hidden size or too few layers for this bundle."""
+        want = self.meta["model"]
+        text = model.config.get_text_config()
+        hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+        if hidden != want["hidden_size"]:
+            raise BundleError(
+                f"bundle {self.path} was made for hidden size {want['hidden_size']}, "
+                f"the model has {hidden}"
+            )
+        layers = num_hidden_layers(model)
+        if max(self.vectors) >= layers:
+            raise BundleError(
+                f"bundle {self.path} steers layer {max(self.vectors)}, the model has only "
+                f"{layers} layers"
+            )
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        """How the task generated: `max_new_tokens`, `stop` strings, `chat_template` (empty for
+        tasks that do not generate, and for bundles written before it was recorded)."""
+        return dict(self.meta.get("generation") or {})
+
+    def samples(self) -> list[dict[str, Any]]:
+        """The recorded test samples that replay token for token: each with the exact prompt
+        `text`, and `unsteered_ids` / `steered_ids` of both continuations."""
+        test = self.meta.get("metrics", {}).get("test", {})
+        return [s for s in test.get("samples", []) if "steered_ids" in s and "text" in s]
+
+    def prompt(self, tokenizer: Any, text: str, chat_template: bool | None = None) -> str:
+        """A user's text as the model should see it: in the tokenizer's chat template when it
+        has one and the bundle's task used it (`chat_template` overrides), else as it is (base
+        models). Tokenize the result with `tokenizer(...)`, as the study did."""
+        from hpo.model.decoding import chat_prompt
+
+        use = (
+            self.generation.get("chat_template", True) if chat_template is None else chat_template
+        )
+        return chat_prompt(tokenizer, text, bool(use))
+
+    def load_model(self, device: str = "auto") -> tuple[Any, Any]:
+        """The base model this bundle was made for and its tokenizer, as `(model, tokenizer)`.
+
+        Uses the bundle's `model` record (a Hub id, a directory, or `pkg://` data; a GGUF file is
+        converted once to a cached safetensors copy). Any transformers model with the same
+        architecture and weights works as well.
+        """
+        from hpo.model.loading import load_model
+
+        loaded = load_model(self.model_config(device))
+        return loaded.model, loaded.tokenizer
+
+    def model_config(self, device: str = "auto") -> ModelConfig:
+        """The `ModelConfig` that loads the base model from the bundle's `model` record."""
+        from hpo.core.config import ModelConfig
+
+        m = self.meta["model"]
+        return ModelConfig(
+            name_or_path=m["name_or_path"],
+            gguf_file=m.get("gguf_file"),
+            revision=m.get("revision"),
+            dtype=m.get("dtype", "float32"),
+            device=device,
+        )
+
+    @contextmanager
+    def apply(self, model: Any) -> Iterator[SteeringHandle]:
+        """Steer `model` while the context is open; hooks are removed on exit."""
+        self.check_model(model)
+        with steer(
+            model,
+            find_blocks(model),
+            self.vectors,
+            self.alpha,
+            self.positions,
+            mode=self.mode,
+            scales=self.scales,
+        ) as h:
+            h.enabled = self._enabled
+            self._handles.append(h)
+            try:
+                yield h
+            finally:
+                self._handles.remove(h)
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load a bundle directory written by `hpo export`, verifying every file's sha256.
+
+    Raises:
+        BundleError: missing directory or file, bad JSON, checksum mismatch, corrupt tensors.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise BundleError(f"bundle directory {str(root)!r} does not exist")
+    meta_path = root / STEERING_JSON
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError as e:
+        raise BundleError(f"bundle {root} has no {STEERING_JSON}") from e
+    except json.JSONDecodeError as e:
+        raise BundleError(f"bundle {root}: {STEERING_JSON} is not valid JSON ({e})") from e
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            f"bundle {root}: schema_version must be {SCHEMA_VERSION}, "
+            f"got {meta.get('schema_version')!r}"
+        )
+    for rel, digest in meta.get("sha256", {}).items():
+        file = root / rel
+        if not file.is_file():
+            raise BundleError(f"bundle {root} lacks {rel}")
+        if sha256_file(file) != digest:
+            raise BundleError(f"bundle {root}: {rel} does not match its sha256 (corrupted?)")
+    vector_file = root / vector_relpath(meta["trait"])
+    try:
+        tensors = load_file(str(vector_file))
+    except (SafetensorError, OSError) as e:
+        raise BundleError(f"bundle {root}: cannot read {vector_file.name}: {e}") from e
+    vectors = {int(name.split(".", 1)[1]): t.float() for name, t in tensors.items()}
+    if sorted(vectors) != sorted(meta["layers"]):
+        raise BundleError(
+            f"bundle {root}: tensors for layers {sorted(vectors)} but steering.json lists "
+            f"{meta['layers']}"
+        )
+    application = meta["application"]
+    return Bundle(
+        path=root,
+        meta=meta,
+        vectors=vectors,
+        alpha=float(meta["alpha"]),
+        positions=application["positions"],
+        # Bundles written before modes and windows: add, alpha on every layer.
+        mode=application.get("mode", "add"),
+        scales={int(k): float(v) for k, v in application.get("scales", {}).items()},
+    )

@@ -1,0 +1,118 @@
+"""Greedy generation that tells the steering hooks where the prompt ends."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hpo.model.batching import pad_left
+
+if TYPE_CHECKING:
+    from hpo.steering.hooks import SteeringHandle
+
+
+def generate_ids(
+    model: Any,
+    tokenizer: Any,
+    prompts_ids: list[list[int]],
+    max_new_tokens: int,
+    handle: SteeringHandle | None = None,
+    use_cache: bool = True,
+    stop_strings: list[str] | None = None,
+) -> list[list[int]]:
+    """Greedy continuations (new token ids only) of left-padded prompts.
+
+    When a steering `handle` is active its `prompt_length` is set to the padded prompt width, so
+    `prompt_end_onward` / `generated` positions mean the same with and without the KV cache.
+    With `stop_strings` a row stops (and is padded) once its text contains one, and the batch
+    stops when every row has; cut each text at its first stop with `truncate_at_stop`.
+    """
+    device = next(model.parameters()).device
+    inputs = pad_left(prompts_ids, tokenizer.pad_token_id, device)
+    inputs.pop("position_ids")  # generate derives them from the attention mask
+    width = inputs["input_ids"].shape[1]
+    if handle is not None:
+        handle.prompt_length = width
+    try:
+        with torch.inference_mode():
+            out = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=use_cache,
+                pad_token_id=tokenizer.pad_token_id,
+                **({"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}),
+            )
+    finally:
+        if handle is not None:
+            handle.prompt_length = None
+    return [row[width:].tolist() for row in out]
+
+
+def chat_prompt(tokenizer: Any, text: str, chat_template: bool = True) -> str:
+    """The user's text wrapped in the chat template when the tokenizer has one."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        return str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        )
+    return text
+
+
+def finish(
+    tokenizer: Any, ids: list[int], stop_strings: list[str] | None = None
+) -> tuple[list[int], str]:
+    """A raw greedy continuation cut at EOS, then before its first stop string: (tokens, text).
+
+    What the generation objective scores, the bundle records and `hpo generate` prints.
+    """
+    eos = tokenizer.eos_token_id
+    if eos in ids:
+        ids = ids[: ids.index(eos)]
+    if stop_strings:
+        return truncate_at_stop(tokenizer, ids, stop_strings)
+    return ids, tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def complete_each(
+    model: Any,
+    tokenizer: Any,
+    prompts_ids: list[list[int]],
+    max_new_tokens: int,
+    handle: SteeringHandle | None = None,
+    stop_strings: list[str] | None = None,
+) -> list[tuple[list[int], str]]:
+    """Each prompt's finished continuation, generated alone (no padding, batch of one).
+
+    One prompt at a time is what a user gets from `model.generate` on that prompt, so a
+    recorded sample replays token for token wherever the model and steering are the same.
+    """
+    return [
+        finish(
+            tokenizer,
+            generate_ids(model, tokenizer, [ids], max_new_tokens, handle, True, stop_strings)[0],
+            stop_strings,
+        )
+        for ids in prompts_ids
+    ]
+
+
+def truncate_at_stop(
+    tokenizer: Any, ids: list[int], stop_strings: list[str]
+) -> tuple[list[int], str]:
+    """A continuation cut before its first stop string: (the tokens, the text).
+
+    The tokens are the longest prefix whose text holds no stop string (a token that straddles
+    the stop is dropped); the text is cut exactly at the stop.
+    """
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    hits = [text.find(s) for s in stop_strings if s and s in text]
+    if not hits:
+        return ids, text
+    cut = min(hits)
+    keep = len(ids)
+    while keep > 0 and len(tokenizer.decode(ids[:keep], skip_special_tokens=True)) > cut:
+        keep -= 1
+    return ids[:keep], text[:cut]

@@ -1,0 +1,96 @@
+"""The study note optuna-dashboard shows (markdown): what is being steered and how to ship it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+
+from hpo.core.record import BASELINE_VALUE_ATTR, CONFIG_ATTR, format_params, summary
+
+log = logging.getLogger(__name__)
+
+
+def _fmt(value: Any) -> str:
+    return "pending (trial 0, alpha = 0)" if value is None else f"{value:.4f}"
+
+
+def study_note(
+    name: str, record: dict[str, Any], baseline: float | None, best: dict[str, Any] | None
+) -> str:
+    """Markdown: model, task, search space, baseline, best so far, and the commands to ship.
+
+    Args:
+        name: the study's name.
+        record: the resolved config the study was created with (`hpo.run.study.config_record`).
+        baseline: the unsteered score, or None while the baseline trial has not finished.
+        best: `{"number", "value", "params"}` of the best feasible steered trial, or None.
+    """
+    model, task, space = record["model"], record["task"], record["search_space"]
+    objective = task["objective"]
+    gguf = f" (`{model['gguf_file']}`)" if model.get("gguf_file") else ""
+    splits = task["splits"]
+    layers, alpha = space["layers"], space["alpha"]
+    if best is None:
+        best_line = "none yet"
+    else:
+        delta = "" if baseline is None else f" (delta {best['value'] - baseline:+.4f})"
+        best_line = (
+            f"trial {best['number']}: **{best['value']:.4f}**{delta}, "
+            f"`{format_params(best['params'])}`; its vector, per-item scores (CSV) and plot "
+            "are in the trial's Artifacts"
+        )
+    where = f"output_dir={record['output_dir']} study.name={name}"
+    if record["storage"]["url"].startswith("postgresql"):
+        where = f"storage=postgres study.name={name}"
+    scorer = f", scorer `{objective['scorer']}`" if objective.get("scorer") else ""
+    return f"""# Steering study `{name}`
+
+| | |
+|---|---|
+| model | `{model["name_or_path"]}`{gguf}, {model["dtype"]} |
+| task | `{task["name"]}`: {task.get("description", "").strip() or "-"} |
+| objective | `{objective["kind"]}`{scorer}, {objective["direction"]} on the validation split |
+| splits | train {splits["train"]}, validation {splits["validation"]}, test {splits["test"]} \
+(held out, scored only at export) |
+| search space | layers {layers["low"]}-{layers["high"]}, alpha {alpha["low"]}-{alpha["high"]} \
+({space["alpha_scale"]}), aggregation {space["aggregation"]}, method {space["method"]}, \
+positions {space["positions"]} |
+| baseline | {_fmt(baseline)} |
+| best so far | {best_line} |
+
+User attributes of each trial: `delta_vs_baseline`, `vector_norm`, `time_score_s`,
+`time_vector_s`, `worker`, `device` (and `feasible` plus fluency measures for generation tasks).
+
+## Ship it
+
+```bash
+hpo export {where}     # best trial -> bundle, scored on the held-out test split
+hpo report {where}     # PNG plots + report.html
+hpo generate bundle={record["output_dir"]}/bundle prompt="..."   # unsteered vs steered
+```
+"""
+
+
+def refresh_note(study: optuna.Study, best: dict[str, Any] | None = None) -> None:
+    """Write the study note with the baseline and `best` (default: the best feasible steered
+    trial so far). Errors are only logged: the note is a convenience."""
+    from optuna_dashboard import save_note
+
+    record = study.user_attrs.get(CONFIG_ATTR)
+    if not isinstance(record, dict):
+        return
+    if best is None and len(study.directions) == 1:
+        info = summary(study)
+        if info["best_trial"] is not None:
+            best = {
+                "number": info["best_trial"],
+                "value": info["best_value"],
+                "params": info["best_params"],
+            }
+    body = study_note(study.study_name, record, study.user_attrs.get(BASELINE_VALUE_ATTR), best)
+    try:
+        save_note(study, body)
+    except Exception as e:  # the note is a convenience: never fail a trial over it
+        log.warning("could not save the study note: %s", e)

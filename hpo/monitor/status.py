@@ -1,0 +1,82 @@
+"""`hpo status`: one screen on a study's state."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo.core.record import format_params, is_baseline, summary
+
+
+def _directions(study: optuna.Study) -> str:
+    names = study.metric_names
+    dirs = [d.name.lower() for d in study.directions]
+    if names is None:
+        return ", ".join(dirs)
+    return ", ".join(f"{n} ({d})" for n, d in zip(names, dirs, strict=True))
+
+
+def render_status(study: optuna.Study, url: str) -> str:
+    """Trials by state, baseline, best so far, running and failed trials with reasons."""
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name for t in trials)
+    info = summary(study)
+    lines = [
+        f"study     {study.study_name}  ({url})",
+        f"direction {_directions(study)}",
+        "trials    "
+        + ", ".join(f"{state.name} {counts.get(state.name, 0)}" for state in TrialState),
+    ]
+    baseline = info["baseline"]
+    lines.append(f"baseline  {'n/a' if baseline is None else f'{baseline:.4f}'} (alpha = 0)")
+    if info["n_infeasible"]:
+        lines.append(
+            f"feasible  {info['n_feasible']} steered trials pass the "
+            f"fluency constraints, {info['n_infeasible']} do not (never exported)"
+        )
+    if info["best_trial"] is not None:
+        delta = "" if baseline is None else f" (delta {info['best_value'] - baseline:+.4f})"
+        lines.append(
+            f"best      feasible trial {info['best_trial']}: {info['best_value']:.4f}{delta}  "
+            f"{format_params(info['best_params'])}"
+        )
+    if info["front"] is not None:
+        lines.append(
+            f"pareto    {len(info['front'])} feasible trials on the front "
+            "(`hpo export` picks one by export.rule)"
+        )
+        names = study.metric_names or [f"v{i}" for i in range(len(study.directions))]
+        by_number = {t.number: t for t in trials}
+        for number in info["front"]:
+            t = by_number[number]
+            values = " ".join(f"{n}={v:.4f}" for n, v in zip(names, t.values or [], strict=False))
+            tag = " (baseline)" if is_baseline(t) else ""
+            lines.append(f"  trial {number}{tag}: {values}  {format_params(t.params)}")
+    now = time.time()
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            age = now - t.datetime_start.timestamp() if t.datetime_start else 0.0
+            lines.append(
+                f"running   trial {t.number} on {t.user_attrs.get('worker', '?')} "
+                f"({t.user_attrs.get('device', '?')}) "
+                f"for {age:.0f}s  {format_params(t.params)}"
+            )
+        elif t.state == TrialState.FAIL:
+            reason = t.user_attrs.get("fail_reason") or t.system_attrs.get(
+                "fail_reason", "no reason recorded (worker died?)"
+            )
+            lines.append(f"failed    trial {t.number}: {reason}")
+    retries = [
+        f"{t.number} (of {t.system_attrs['failed_trial']}, {t.state.name})"
+        for t in trials
+        if "failed_trial" in t.system_attrs
+    ]
+    if retries:
+        lines.append(f"retries   {', '.join(retries)}")
+    flag = [t.number for t in trials if is_baseline(t)]
+    if flag:
+        lines.append(f"baseline trial(s): {flag}")
+    return "\n".join(lines)

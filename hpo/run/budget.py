@@ -1,0 +1,135 @@
+"""The exact trial budget shared by every worker of a study.
+
+Finished (COMPLETE + PRUNED) trials count; failed ones do not, so a crashed worker's trial is
+retried inside the budget. Workers stop asking for trials once finished + running trials cover
+the budget, and a trial that still slips past in a race (two workers asking at the same instant)
+sees that the trials numbered before it already claim the whole budget and fails itself as
+"over budget" before doing any work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import TrialState
+
+from hpo.core.errors import TrialFailure, UserError
+
+log = logging.getLogger(__name__)
+
+# A trial's result: one value, or one per objective of a multi-objective study.
+Objective = Callable[[optuna.Trial], float | Sequence[float]]
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+CLAIMING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+class OverBudget(RuntimeError):
+    """This trial was created after the budget was already claimed by earlier trials."""
+
+
+def counts(study: optuna.Study) -> dict[TrialState, int]:
+    """Number of trials in each state."""
+    out = dict.fromkeys(TrialState, 0)
+    for t in study.get_trials(deepcopy=False):
+        out[t.state] += 1
+    return out
+
+
+def finished_trials(study: optuna.Study) -> int:
+    """Trials that count against the budget (COMPLETE and PRUNED)."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def check_claim(study: optuna.Study, number: int, n_trials: int) -> None:
+    """Raise `OverBudget` when the trials numbered before `number` already claim the budget.
+
+    Trial numbers are assigned atomically by the storage, so this is a total order that every
+    worker agrees on; a failed trial does not claim (its retry will).
+    """
+    ahead = sum(1 for t in study.get_trials(deepcopy=False, states=CLAIMING) if t.number < number)
+    if ahead >= n_trials:
+        raise OverBudget(f"over budget: {ahead} earlier trials already claim n_trials={n_trials}")
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the RUNNING trials whose worker stopped sending heartbeats (they are then retried)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def budgeted(objective: Objective, n_trials: int) -> Objective:
+    """Wrap an objective so a trial created past the budget fails before doing any work."""
+
+    def run(trial: optuna.Trial) -> float | Sequence[float]:
+        try:
+            check_claim(trial.study, trial.number, n_trials)
+            return objective(trial)
+        except OverBudget as e:
+            log.info("trial %d not run: %s (another worker won the race)", trial.number, e)
+            trial.set_user_attr("fail_reason", str(e))
+            raise TrialFailure(str(e)) from e
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM turned into one by the CLI
+            reason = f"worker stopped ({e or 'Ctrl-C'})"
+            log.warning("trial %d failed: %s", trial.number, reason)
+            trial.set_user_attr("fail_reason", reason)
+            raise
+
+    return run
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Objective,
+    n_trials: int,
+    max_consecutive_failures: int = 10,
+) -> None:
+    """Run trials until `n_trials` have finished in the whole study, alongside other workers.
+
+    Raises:
+        UserError: `max_consecutive_failures` trials of this worker failed in a row.
+    """
+    failures = 0
+
+    def stop_when_claimed(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal failures
+        failures = failures + 1 if trial.state == TrialState.FAIL else 0
+        c = counts(study)
+        claimed = c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING]
+        if failures >= max_consecutive_failures or (
+            claimed >= n_trials and not c[TrialState.WAITING]
+        ):
+            study.stop()
+
+    wrapped = budgeted(objective, n_trials)
+    while wait_for_others(study, n_trials):
+        if failures >= max_consecutive_failures:
+            raise UserError(
+                f"{failures} trials failed in a row; see `hpo status` for their reasons"
+            )
+        study.optimize(wrapped, catch=(TrialFailure,), callbacks=[stop_when_claimed])
+    log.info("study %r has its %d finished trials", study.study_name, n_trials)
+
+
+def wait_for_others(study: optuna.Study, n_trials: int, poll_s: float = 2.0) -> bool:
+    """Wait while other workers finish the budget; True when a retry needs a worker again.
+
+    Stale trials of dead workers are failed here (and re-enqueued by the retry callback), so a
+    worker that outlives a crashed one picks its trial up.
+    """
+    while True:
+        fail_stale_trials(study)
+        c = counts(study)
+        finished = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+        if finished >= n_trials:
+            return False
+        if c[TrialState.WAITING] or finished + c[TrialState.RUNNING] < n_trials:
+            return True
+        log.debug("budget claimed by %d running trials; waiting", c[TrialState.RUNNING])
+        time.sleep(poll_s)

@@ -1,0 +1,203 @@
+"""One trial: suggest params, build the vector from the cache, steer, score the validation split.
+
+The hot path is deliberately short (build vector -> hook -> score) and everything else a trial
+needs (model, tokenized validation split, activation cache) is loaded once per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+
+from hpo.core.errors import TrialFailure, UserError
+from hpo.core.objective_metrics import SCORE, metric_values, pick_values, study_metrics
+from hpo.core.record import (
+    BASELINE_ATTR,
+    BASELINE_METRICS_ATTR,
+    BASELINE_VALUE_ATTR,
+    FEASIBLE_ATTR,
+    METRICS_ATTR,
+    format_params,
+)
+from hpo.run.worker import Worker
+from objectives import ScoreResult
+from search_spaces import suggest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What a finished trial hands to the publisher (dashboard note, best-trial artifacts)."""
+
+    trial: optuna.Trial
+    vectors: dict[int, torch.Tensor]
+    result: ScoreResult
+    is_baseline: bool
+    feasible: bool
+    # The validation prompts and the baseline's per-item scores, for per-item artifacts.
+    prompts: list[str] | None
+    baseline_items: list[float] | None
+
+
+# Called after every completed trial; the CLI hands in `hpo.monitor.Publisher`. The trial loop
+# itself imports no monitoring, dashboard or plotting code.
+Publish = Callable[[TrialOutcome], None]
+
+
+class SteeringObjective:
+    """The callable handed to `study.optimize`."""
+
+    def __init__(self, worker: Worker, publish: Publish | None = None) -> None:
+        self.worker = worker
+        self.publish = publish
+        self.host = socket.gethostname()
+        self.metrics = study_metrics(worker.cfg.task.objective)
+        self.multi = len(self.metrics) > 1
+        # Intermediate values are the score's: pruning needs a single objective that is the score.
+        self.prunable = not self.multi and self.metrics[0].name == SCORE
+        self._warned_no_items = False
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        worker = self.worker
+        trial.set_user_attr("worker", f"{self.host}:{os.getpid()}")
+        trial.set_user_attr("device", str(worker.loaded.device))
+        try:
+            return self._run(trial)
+        except TrialFailure as e:
+            trial.set_user_attr("fail_reason", str(e))
+            log.warning("trial %d failed: %s", trial.number, e)
+            raise
+
+    def _reporter(self, trial: optuna.Trial, is_baseline: bool) -> Any:
+        """The per-batch callback: running means for the median pruner, items for Wilcoxon."""
+        per_item = isinstance(trial.study.pruner, optuna.pruners.WilcoxonPruner)
+
+        def report(step: int, value: float, items: Mapping[int, float] | None = None) -> None:
+            if not self.prunable:
+                return
+            if per_item:
+                if items is None:
+                    if not self._warned_no_items:
+                        log.warning(
+                            "pruner=wilcoxon needs per-item reports, objective kind %r gives "
+                            "none: no pruning",
+                            self.worker.objective.kind,
+                        )
+                        self._warned_no_items = True
+                    return
+                for item, item_value in items.items():
+                    trial.report(item_value, item)  # step = the item's id, the same every trial
+            else:
+                trial.report(value, step)
+            if not is_baseline and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at batch {step} with running value {value:.4f}")
+
+        return report
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        worker = self.worker
+        is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR, False))
+        with warnings.catch_warnings():
+            # The baseline's alpha = 0 may lie outside the alpha range on purpose.
+            warnings.filterwarnings("ignore", message="Fixed parameter", category=UserWarning)
+            params = suggest(trial, worker.cfg.search_space, baseline=is_baseline)
+        started = time.perf_counter()
+        plan = worker.plan(trial.params, resolved=params)
+        vectors = plan.vectors
+        built = time.perf_counter()
+
+        try:
+            result = worker.score(plan, worker.validation, self._reporter(trial, is_baseline))
+        except optuna.TrialPruned as pruned:
+            log.info("trial %d: %s -> %s", trial.number, format_params(params), pruned)
+            raise
+        scored = time.perf_counter()
+        trial.set_user_attr("time_vector_s", round(built - started, 6))
+        trial.set_user_attr("time_score_s", round(scored - built, 4))
+        trial.set_user_attr("vector_norm", round(float(next(iter(vectors.values())).norm()), 4))
+        trial.set_user_attr("layers", sorted(vectors))
+        for name in worker.cfg.search_space.derived:
+            if name in params:
+                trial.set_user_attr(f"derived.{name}", params[name])
+        for name, value in worker.builder.info.items():
+            trial.set_user_attr(name, round(value, 6))
+        for letter, value in result.per_letter.items():
+            trial.set_user_attr(f"letter_{letter}", round(value, 6))
+        for name, value in result.extras.get("fluency", {}).items():
+            trial.set_user_attr(name, round(value, 4))
+        for name, count in result.extras.get("counts", {}).items():
+            trial.set_user_attr(
+                name, int(count)
+            )  # e.g. n_unparsed: answers that could not be read
+        if "accuracy" in result.extras:
+            trial.set_user_attr("accuracy", round(float(result.extras["accuracy"]), 6))
+        if "constraints" in result.extras:
+            # Optuna's constrained optimization: samplers favour feasible trials (all <= 0).
+            for name, value in result.extras["constraints"].items():
+                trial.set_constraint(name, float(value))
+            ok = all(v <= 0 for v in result.extras["constraints"].values())
+            trial.set_user_attr(FEASIBLE_ATTR, ok)
+        named = metric_values(result.value, result.metrics)
+        try:
+            values = pick_values(named, self.metrics, worker.objective.kind)
+        except UserError as e:
+            raise TrialFailure(str(e)) from e
+        bad = {
+            m.name: v for m, v in zip(self.metrics, values, strict=True) if not math.isfinite(v)
+        }
+        if not math.isfinite(result.value):
+            raise TrialFailure(f"objective is {result.value} (non-finite score)")
+        if bad:
+            raise TrialFailure(f"objective metrics are non-finite: {bad}")
+        trial.set_user_attr(METRICS_ATTR, named)  # full precision: export rules compare them
+        study = trial.study
+        if is_baseline:
+            study.set_user_attr(BASELINE_VALUE_ATTR, values[0])
+            study.set_user_attr(BASELINE_METRICS_ATTR, named)
+        base_metrics = study.user_attrs.get(BASELINE_METRICS_ATTR) or {}
+        for name, value in named.items():
+            if name != SCORE and name in base_metrics:
+                trial.set_user_attr(f"delta_{name}", round(value - base_metrics[name], 6))
+        baseline = study.user_attrs.get(BASELINE_VALUE_ATTR)
+        delta = None if baseline is None else values[0] - baseline
+        if delta is not None:
+            trial.set_user_attr("delta_vs_baseline", round(delta, 6))
+        feasible = trial.user_attrs.get(FEASIBLE_ATTR)
+        if is_baseline:
+            worker.baseline_items = list(result.per_item)
+        if self.publish is not None:
+            self.publish(
+                TrialOutcome(
+                    trial,
+                    vectors,
+                    result,
+                    is_baseline,
+                    feasible is not False,
+                    worker.prompts,
+                    worker.baseline_items,
+                )
+            )
+        side = " ".join(f"{k}={v:.4g}" for k, v in named.items() if k != SCORE)
+        log.info(
+            "trial %d: %s -> %s%s%s%s in %.2fs (vector %.1f ms)",
+            trial.number,
+            format_params(params),
+            " ".join(f"{m.name}={v:.4f}" for m, v in zip(self.metrics, values, strict=True)),
+            f" [{side}]" if side else "",
+            "" if delta is None else f" (delta {delta:+.4f})",
+            "" if feasible is None else ("" if feasible else " INFEASIBLE"),
+            scored - started,
+            (built - started) * 1000,
+        )
+        return tuple(values) if self.multi else values[0]

@@ -1,0 +1,187 @@
+"""The worker: everything loaded once per process (model, objective, activation cache,
+prepared validation split) and the steered scoring every trial, export and replay share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hpo.core.config import RunConfig
+from hpo.model.decoding import chat_prompt
+from hpo.model.loading import LoadedModel
+from hpo.run.tasks import kl_prompts
+from hpo.steering.activations import ActivationCache
+from hpo.steering.application import Application
+from hpo.steering.hooks import steer_with
+from hpo.steering.methods import VectorBuilder
+from hpo.steering.residual import ResidualCache, SteeredAbove
+from objectives import ConstrainedObjective, Objective, ScoreResult
+from objectives.kl import KLReference, build_reference, kl_per_prompt
+from search_spaces import layer_scales, resolve, steered_layers
+
+# Positions whose steering starts at the prompt's last token: the prefix before it is shared.
+PREFIX_POSITIONS = {"prompt_end_onward"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One trial's steering, resolved once: what is applied where, and how.
+
+    Attributes:
+        params: the params as sampled (what Optuna records).
+        resolved: `params` completed with fixed dimensions and derived values.
+        vectors: the vector(s) added at alpha = 1, one per steered layer.
+        application: alpha, positions, mode and per-layer scales.
+    """
+
+    params: dict[str, Any]
+    resolved: dict[str, Any]
+    vectors: dict[int, torch.Tensor]
+    application: Application
+
+
+@dataclass
+class Worker:
+    """Everything loaded once per worker and reused by every trial."""
+
+    cfg: RunConfig
+    loaded: LoadedModel
+    objective: Objective
+    cache: ActivationCache
+    validation: Any
+    finetuned: ActivationCache | None = None
+    # Block outputs reused by `positions: all` trials of forward-only objectives (None: off).
+    residual: ResidualCache | None = field(default=None)
+    # The validation split's prompt texts and, once this worker ran it, the baseline's per-item
+    # scores: what the best trials' artifacts (per-item CSV and plot) show beside their own.
+    prompts: list[str] | None = None
+    baseline_items: list[float] | None = None
+    # Unsteered KL reference per split ("validation", "test"), built on first use.
+    kl: dict[str, KLReference] = field(default_factory=dict)
+    builder: VectorBuilder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.builder = VectorBuilder(self.cache, self.finetuned, self.cfg.study.seed)
+        if self.residual is None and self.objective.forward_only:
+            self.residual = ResidualCache(self.loaded)
+
+    def plan(self, params: dict[str, Any], resolved: dict[str, Any] | None = None) -> Plan:
+        """A trial's vectors and application, from its params resolved once (pass `resolved`
+        when `search_spaces.suggest` already resolved them)."""
+        if resolved is None:
+            resolved = resolve(params, self.cfg.search_space)
+        vectors = self.builder.vectors(
+            resolved["method"],
+            resolved["aggregation"],
+            steered_layers(resolved),
+            self.cfg.search_space.alpha_scale,
+        )
+        application = Application(
+            alpha=float(resolved["alpha"]),
+            positions=resolved["positions"],
+            mode=resolved["mode"],
+            scales=layer_scales(resolved, self.cfg.search_space),
+        )
+        return Plan(dict(params), resolved, vectors, application)
+
+    def vectors(self, params: dict[str, Any]) -> dict[int, torch.Tensor]:
+        """The vector(s) added at alpha = 1 for a trial's params, one per steered layer."""
+        return self.plan(params).vectors
+
+    def prepare(self, rows: list[Any]) -> Any:
+        """Tokenize a split once; cache its unsteered prompt prefix when the space can reuse it."""
+        prepared = self.objective.prepare(rows)
+        prefix = bool(PREFIX_POSITIONS & set(self.cfg.search_space.positions))
+        self.objective.precompute(self.loaded.model, prepared, prefix)
+        return prepared
+
+    def kl_reference(self, split: str) -> KLReference | None:
+        """The unsteered KL reference of a split's neutral prompts (None when KL is off).
+
+        Must be called outside any steering context: it runs the unsteered model.
+        """
+        kl_cfg = self.cfg.task.objective.kl
+        if not kl_cfg.enabled:
+            return None
+        if split not in self.kl:
+            tok = self.loaded.tokenizer
+            ids = [
+                tok.encode(chat_prompt(tok, text, self.cfg.task.chat_template))
+                for text in kl_prompts(kl_cfg, split)
+            ]
+            self.kl[split] = build_reference(
+                self.loaded.model,
+                tok,
+                ids,
+                kl_cfg.max_new_tokens,
+                self.cfg.task.objective.batch_size,
+            )
+        return self.kl[split]
+
+    def score(
+        self,
+        plan: Plan | dict[str, Any],
+        prepared: Any,
+        report: Any = None,
+        vectors: dict[int, torch.Tensor] | None = None,
+        split: str = "validation",
+    ) -> ScoreResult:
+        """Score a prepared split with a plan's steering applied, plus the side metrics.
+
+        `plan` is a `Plan` (or a trial's params, resolved here); `vectors` replaces its vectors;
+        `split` picks the KL prompts (validation or the disjoint held-out test set).
+        """
+        plan = plan if isinstance(plan, Plan) else self.plan(plan)
+        vectors = plan.vectors if vectors is None else vectors
+        app = plan.application
+        loaded = self.loaded
+        reuse = app.positions in PREFIX_POSITIONS and getattr(prepared, "prefix", None)
+        kl_ref = self.kl_reference(split)
+        residual = self.residual
+        if residual is not None and residual.applies(app, vectors):
+            [(layer, vector)] = vectors.items()
+            stand_in = SteeredAbove(residual, layer, vector, app.layer_alpha(layer))
+            result = self.objective.score(stand_in, prepared, report, False)
+            if kl_ref is not None:
+                with steer_with(loaded.model, loaded.blocks, vectors, app) as handle:
+                    self._add_kl(result, kl_ref, handle)
+        else:
+            with steer_with(loaded.model, loaded.blocks, vectors, app) as handle:
+                result = self.objective.score(loaded.model, prepared, report, bool(reuse))
+                if kl_ref is not None:
+                    self._add_kl(result, kl_ref, handle)
+        constraints: dict[str, float] = {}
+        objective = self.objective
+        if objective.constrained:
+            assert isinstance(objective, ConstrainedObjective), objective.kind
+            # Unsteered now: fluency is judged by the model we started from.
+            measured = objective.fluency(loaded.model, prepared, result)
+            result.extras["fluency"] = measured
+            result.metrics.update(measured)
+            constraints.update(objective.constraints(prepared, measured))
+        kl_max = self.cfg.task.objective.kl.max
+        if kl_max is not None and "kl" in result.metrics:
+            constraints["kl"] = result.metrics["kl"] - kl_max
+        if constraints:
+            result.extras["constraints"] = constraints
+        return result
+
+    def _add_kl(self, result: ScoreResult, kl_ref: KLReference, handle: Any) -> None:
+        items = kl_per_prompt(self.loaded.model, kl_ref, handle)
+        result.metrics["kl"] = sum(items) / len(items)
+        result.metric_items["kl"] = items
+
+    def baseline_result(self, prepared: Any, split: str) -> ScoreResult:
+        """The unsteered result of a prepared split, side metrics included (KL is 0 by
+        definition: the unsteered model against itself)."""
+        baseline = getattr(prepared, "baseline", None)  # generation keeps its unsteered run
+        if baseline is None:
+            reuse = getattr(prepared, "prefix", None) is not None
+            baseline = self.objective.score(self.loaded.model, prepared, reuse_prefix=reuse)
+        kl_ref = self.kl_reference(split)
+        if kl_ref is not None and "kl" not in baseline.metrics:
+            baseline.metrics["kl"] = 0.0
+            baseline.metric_items["kl"] = [0.0] * kl_ref.n_prompts
+        return baseline
