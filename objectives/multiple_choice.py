@@ -1,11 +1,13 @@
 """Multiple choice scored by the log-likelihood of each option's text after the prompt.
 
-Columns: `prompt`, `choices` (a list of option texts), `answer` (the correct option: 0-based
-index or letter) and optionally `negative` (the option the train pairs contrast with, e.g. a
-biased answer; default: the option after the correct one). Options are shown to the model as
-lettered lines either through `{options}` in the prompt template or because the prompt already
-has lines `A) ...` / `(A) ...`; then, with `balance: swap`, every item is scored in every cyclic
-order of its options and per-letter scores are returned, so moving a position prior cannot win.
+Columns: `prompt`, `choices` (one column holding a list of option texts, or a list of columns
+holding one option each), `answer` (the correct option: a column holding a 0-based index or a
+letter, or a constant index / letter: `answer: 0`) and optionally `negative` (the option the
+train pairs contrast with, e.g. a biased answer; default: the option after the correct one).
+Options are shown to the model as lettered lines either through `{options}` in the prompt
+template or because the prompt already has lines `A) ...` / `(A) ...`; then, with `balance:
+swap`, every item is scored in every cyclic order of its options and per-letter scores are
+returned, so moving a position prior cannot win.
 
 Per item: log-likelihood of `" " + option` for every option (`loglik: sum` over its tokens or
 `mean` per token); accuracy = the correct option has the highest; probability = softmax over the
@@ -22,6 +24,8 @@ from typing import Any
 
 import torch
 
+from hpo.core.chance import chance_items
+from hpo.core.columns import is_constant, option_texts, row_option
 from hpo.core.config import TaskConfig
 from hpo.core.errors import UserError
 from hpo.core.progress import progress
@@ -29,6 +33,7 @@ from hpo.model.batching import length_sorted_batches, pad_left
 from hpo.model.kv import output_cache, scratch_cache, with_cache
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt, template_fields
+from objectives.train_pairs import source_pairs
 
 LETTERED = re.compile(r"^(?P<indent>[ \t]*)\(?(?P<letter>[A-Z])\)(?P<text>.*)$", re.MULTILINE)
 
@@ -54,35 +59,6 @@ class PreparedMc:
     option_ids: list[list[list[int]]]
     batches: list[list[int]]
     n_items: int
-
-
-def _index(value: Any, n: int, column: str) -> int:
-    text = str(value).strip().strip("()")
-    if text.lstrip("-").isdigit():
-        index = int(text)
-    elif len(text) == 1 and text.isalpha():
-        index = ord(text.upper()) - ord("A")
-    else:
-        index = -1
-    if not 0 <= index < n:
-        raise UserError(
-            f"column {column!r} must hold an option index in [0, {n - 1}] or a letter, "
-            f"got {value!r}"
-        )
-    return index
-
-
-def _choices(value: Any, column: str) -> list[str]:
-    if isinstance(value, str):
-        import json
-
-        try:
-            value = json.loads(value)
-        except ValueError:
-            value = None
-    if not isinstance(value, (list, tuple)) or len(value) < 2:
-        raise UserError(f"column {column!r} must hold a list of >= 2 option texts, got {value!r}")
-    return [str(v).strip() for v in value]
 
 
 class MultipleChoice:
@@ -128,12 +104,15 @@ class MultipleChoice:
         cols = self.cfg.columns
         out = []
         for index, row in enumerate(rows):
-            choices = _choices(row[cols["choices"]], cols["choices"])
+            choices = option_texts(row, cols)
             n = len(choices)
-            answer = _index(row[cols["answer"]], n, cols["answer"])
+            answer = row_option(row, cols, "answer", n)
             wrong = (answer + 1) % n
-            if "negative" in cols and row.get(cols["negative"]) is not None:
-                negative = _index(row[cols["negative"]], n, cols["negative"])
+            negative_spec = cols.get("negative")
+            if negative_spec is not None and (
+                is_constant("negative", negative_spec, row) or row.get(negative_spec) is not None
+            ):
+                negative = row_option(row, cols, "negative", n)
                 wrong = negative if negative != answer else wrong
             letters = tuple(chr(ord("A") + i) for i in range(n))
             for text, order in self._orders(str(row[cols["prompt"]]), choices):
@@ -150,8 +129,24 @@ class MultipleChoice:
                 )
         return out
 
+    def _fields(self, row: Row) -> dict[str, Any]:
+        """A train row's template fields: its columns and, when it has options, `{options}`."""
+        try:
+            choices = option_texts(row, self.cfg.columns)
+        except (KeyError, UserError):
+            return dict(row)
+        shown = "\n".join(f"{chr(ord('A') + i)}) {c}" for i, c in enumerate(choices))
+        return {**row, "options": shown}
+
     def train_pairs(self, rows: Sequence[Row]) -> list[ContrastivePair]:
-        """The prompt followed by the correct option's text vs the contrasting option's."""
+        """The prompt followed by the correct option's text vs the contrasting option's.
+
+        With a `train_source`: its `train_columns` (`objectives.train_pairs`), the prompt
+        rendered like a validation prompt unless `task.train_template` is false.
+        """
+        if self.cfg.train_source is not None:
+            prefix = self.cfg.answer_prefix
+            return source_pairs(self.cfg, self.tokenizer, rows, prefix, True, self._fields)
         return [
             ContrastivePair(v.prompt, " " + v.options[v.correct], " " + v.options[v.wrong])
             for v in self.variants(rows)
@@ -248,6 +243,10 @@ class MultipleChoice:
         for v, p in zip(prepared.variants, prob, strict=True):
             letters.setdefault(v.letters[v.correct], []).append(p)
         per_letter = {k: sum(x) / len(x) for k, x in sorted(letters.items())}
+        n_options = [1] * prepared.n_items
+        for v in prepared.variants:
+            n_options[v.item] = len(v.options)
+        chance = chance_items(n_options)
         return ScoreResult(
             sum(per_item) / len(per_item),
             per_item,
@@ -255,6 +254,9 @@ class MultipleChoice:
             extras={
                 "accuracy": sum(accuracy) / len(accuracy),
                 "per_item_accuracy": accuracy,
+                # uniform answers: 1 / n options per item (a baseline below it is a format bias)
+                "chance": sum(chance) / len(chance),
+                "chance_items": chance,
             },
             metrics={"accuracy": sum(accuracy) / len(accuracy)},
             metric_items={"accuracy": accuracy},

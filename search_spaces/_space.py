@@ -117,7 +117,28 @@ def validate(space: SearchSpaceConfig, num_layers: int) -> None:
             f"search_space.alpha_scale must be one of {list(ALPHA_SCALES)}, "
             f"got {space.alpha_scale!r}"
         )
-    derived_params(space)
+    for derived in derived_params(space):
+        for values in _corners(space):
+            derived.evaluate(values)
+
+
+def _corners(space: SearchSpaceConfig) -> list[dict[str, float]]:
+    """The extreme values of every symbol (alpha 0 is the baseline): where a derived param is
+    checked to be a finite real number before the study starts."""
+    if space.layer_sets:
+        shapes = {(min(s), len(s)) for s in space.layer_sets}
+    else:
+        shapes = {
+            (layer, window)
+            for layer in (space.layers.low, space.layers.high)
+            for window in (space.window.low, space.window.high)
+        }
+    alphas = sorted({space.alpha.low, space.alpha.high, 0.0})
+    return [
+        {"alpha": a, "layer": layer, "window": window}
+        for a in alphas
+        for layer, window in sorted(shapes)
+    ]
 
 
 def distributions(space: SearchSpaceConfig) -> dict[str, BaseDistribution]:

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
-from storage._factory import create_storage, default_sqlite_url, mask_url, parse_url
+from storage._factory import create_storage, default_sqlite_url, mask_url, parse_url, sqlite_path
+from storage._retry import RetryStaleTrial
 
-__all__ = ["create_storage", "default_sqlite_url", "mask_url", "parse_url"]
+__all__ = [
+    "RetryStaleTrial",
+    "create_storage",
+    "default_sqlite_url",
+    "mask_url",
+    "parse_url",
+    "sqlite_path",
+]

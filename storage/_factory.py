@@ -7,9 +7,11 @@ pools with `pool_pre_ping`. Heartbeats let a dead worker's trial be failed and r
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote
 
 import sqlalchemy
 from optuna.exceptions import ExperimentalWarning
@@ -22,14 +24,69 @@ from hpo.core.errors import UserError
 from storage._retry import RetryStaleTrial
 
 SUPPORTED = ("sqlite", "postgresql", "mysql")
+SCHEMA_RACE_ATTEMPTS = 5
+# Query parameters that carry a secret (libpq and MySQL drivers accept a password there too).
+SECRET_PARAMS = {"password", "passwd", "pwd", "sslpassword"}
+
+
+def _credentials(url: str) -> tuple[str, str, str | None, str] | None:
+    """`(scheme, user, password or None, rest)` of `scheme://user:password@rest`.
+
+    Parsed, not matched: the user info runs to the *last* `@`, so a password holding an
+    unencoded `@`, `:` or `/` is masked whole (an `@` later in the URL masks more, never less).
+    None when the URL has no authority (`sqlite:///path`) or no user info.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or rest.startswith("/"):
+        return None
+    userinfo, at, tail = rest.rpartition("@")
+    if not at:
+        return None
+    user, colon, password = userinfo.partition(":")
+    return scheme, user, password if colon else None, tail
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by `***`, safe for logs, attributes and errors."""
+    """The URL with any password replaced by `***`, safe for logs, attributes and errors.
+
+    Masks the password of the user info however it is written, and `password=` style query
+    parameters.
+    """
+    creds = _credentials(url)
+    if creds is not None:
+        scheme, user, password, tail = creds
+        url = f"{scheme}://{user}{':***' if password is not None else ''}@{tail}"
+    base, question, query = url.partition("?")
+    if question:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() in SECRET_PARAMS for k, _ in pairs):
+            query = "&".join(f"{k}={'***' if k.lower() in SECRET_PARAMS else v}" for k, v in pairs)
+        url = f"{base}?{query}"
+    return url
+
+
+def _secrets(url: str) -> list[str]:
+    """Every password the URL holds (raw and decoded), to scrub from driver messages."""
+    creds = _credentials(url)
+    found = [creds[2], unquote(creds[2])] if creds and creds[2] else []
+    query = url.partition("?")[2]
+    found += [v for k, v in parse_qsl(query) if k.lower() in SECRET_PARAMS and v]
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a `sqlite:///...` URL (also `sqlite:///file:...?uri=true`), else
+    None (another backend, or an in-memory database)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
-        return "<unparseable storage URL>"
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1") and database.startswith("file:"):
+        database = database[len("file:") :].split("?", 1)[0]
+    return Path(database).expanduser()
 
 
 def parse_url(url: str) -> URL:
@@ -49,6 +106,12 @@ def parse_url(url: str) -> URL:
         raise UserError(
             f"storage.url backend must be one of {list(SUPPORTED)}, "
             f"got {parsed.get_backend_name()!r} in {mask_url(url)!r}"
+        )
+    creds = _credentials(url)
+    if creds is not None and creds[2] is not None and parsed.password != unquote(creds[2]):
+        raise UserError(
+            "storage.url's password must be percent-encoded ('@' as %40, ':' as %3A, '/' as "
+            f"%2F), got {mask_url(url)!r}"
         )
     return parsed
 
@@ -72,6 +135,27 @@ def _sqlite_pragmas(engine: sqlalchemy.Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _rdb_storage(cfg: StorageConfig, url: str, engine_kwargs: dict[str, Any]) -> RDBStorage:
+    """`RDBStorage`, tried again when another process created the same new schema at the same
+    moment (two `hpo optimize` on a new SQLite file: "table ... already exists")."""
+    for attempt in range(SCHEMA_RACE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=cfg.heartbeat_interval,
+                    grace_period=cfg.grace_period,
+                    heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=cfg.max_retry),
+                )
+        except SQLAlchemyError as e:
+            if "already exists" not in str(e) or attempt == SCHEMA_RACE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def create_storage(cfg: StorageConfig, url: str) -> RDBStorage:
     """Open (creating if needed) the study database at `url` as an Optuna `RDBStorage`.
 
@@ -82,30 +166,33 @@ def create_storage(cfg: StorageConfig, url: str) -> RDBStorage:
     backend = parsed.get_backend_name()
     engine_kwargs: dict[str, Any]
     if backend == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite_path(url)
+        if db is not None:
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                blocked = isinstance(e, FileExistsError | NotADirectoryError)
+                why = "a file is in the way: not a directory" if blocked else e.strerror
+                raise UserError(
+                    f"cannot open storage {mask_url(url)!r}: its folder {str(db.parent)!r} "
+                    f"cannot be created ({why})"
+                ) from e
         engine_kwargs = {"connect_args": {"timeout": cfg.sqlite_timeout}}
     else:
         engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True}
         if backend == "postgresql":
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            storage = RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=cfg.heartbeat_interval,
-                grace_period=cfg.grace_period,
-                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=cfg.max_retry),
-            )
+        storage = _rdb_storage(cfg, url, engine_kwargs)
     except (NoSuchModuleError, ImportError) as e:
         raise UserError(
             f"storage.url {mask_url(url)!r} needs a database driver that is not installed "
             f"(for PostgreSQL: pip install 'steering-hpo[postgres]'): {type(e).__name__}"
         ) from e
     except SQLAlchemyError as e:
-        reason = str(getattr(e, "orig", e)).splitlines()[0].replace(str(parsed.password), "***")
+        reason = (str(getattr(e, "orig", e)).splitlines() or [type(e).__name__])[0]
+        for secret in _secrets(url):
+            reason = reason.replace(secret, "***")
         raise UserError(f"cannot open storage {mask_url(url)!r}: {reason}") from e
     if backend == "sqlite":
         _sqlite_pragmas(storage.engine)

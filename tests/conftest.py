@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,3 +118,20 @@ def unit(hidden: int, seed: int = 0) -> Any:
     """A random vector of a given size, reproducible."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(hidden, generator=g)
+
+
+def run_readme_example(cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the README's `import hpo ...` Python example in `cwd` (which must hold the bundle it
+    loads at `outputs/demo/bundle`) with this checkout on the path."""
+    readme = (REPO / "README.md").read_text()
+    found = re.search(r"```python\n(import hpo\n.*?)```", readme, re.S)
+    assert found, "README lost its hpo.load_bundle example"
+    assert 'hpo.load_bundle("outputs/demo/bundle")' in found.group(1)
+    return subprocess.run(
+        [sys.executable, "-c", found.group(1)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )

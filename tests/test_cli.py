@@ -21,7 +21,7 @@ import hpo
 from hpo.model.loading import LoadedModel
 from hpo.run.tasks import load_task
 from objectives import make_objective
-from tests.conftest import compose_run
+from tests.conftest import compose_run, run_readme_example
 
 pytestmark = pytest.mark.slow
 
@@ -310,21 +310,9 @@ def test_dashboard_shows_study_trials_attrs_artifacts_and_note_in_a_browser(
 def test_readme_python_example_runs_on_a_real_bundle(
     smoke_run: dict[str, Any], tmp_path: Path
 ) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    found = re.search(r"```python\n(import hpo\n.*?)```", readme, re.S)
-    assert found, "README lost its hpo.load_bundle example"
-    code = found.group(1)
-    assert 'hpo.load_bundle("outputs/demo/bundle")' in code
     (tmp_path / "outputs" / "demo").mkdir(parents=True)
     (tmp_path / "outputs" / "demo" / "bundle").symlink_to(smoke_run["dir"] / "bundle")
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
+    proc = run_readme_example(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     steered = re.search(r"^steered: {3}(.+)$", proc.stdout, re.M)
     unsteered = re.search(r"^unsteered: (.+)$", proc.stdout, re.M)

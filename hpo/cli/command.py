@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import yaml
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
@@ -53,6 +54,43 @@ def _hydra_message(e: Exception) -> str:
         return f"unknown {group or 'config'} {name!r}{options}"
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return " ".join(lines[:2]) if lines else type(e).__name__
+
+
+def _yaml_message(e: yaml.YAMLError) -> str:
+    """`while parsing a flow mapping: expected ',' or '}' (task/mine.yaml, line 2, column 10)`."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f" ({mark.name}, line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        what = ": ".join(x for x in (e.context, e.problem) if x)
+        return f"malformed YAML: {what}{where}"
+    return f"malformed YAML: {' '.join(str(e).split())}"
+
+
+def _not_utf8(config_dirs: list[str], e: UnicodeDecodeError) -> str:
+    """Name the config file that is not UTF-8 (Hydra's error does not)."""
+    for d in config_dirs:
+        for path in sorted(Path(d).expanduser().rglob("*.yaml")):
+            try:
+                path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return (
+                    f"config file {str(path)!r} is not UTF-8 (byte {bad.object[bad.start]:#x} "
+                    f"at offset {bad.start})"
+                )
+    return f"a config file is not UTF-8 ({e.reason} at offset {e.start})"
+
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader went away (`hpo status | head`): drop what is left of stdout silently."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (captured in tests)
+        pass
 
 
 def _setup_logging(level: str) -> None:
@@ -139,7 +177,7 @@ def _split_args(args: Sequence[str]) -> tuple[list[str], list[str], bool]:
 
 
 def _verbs() -> dict[str, tuple[str, Callable[[DictConfig, Sequence[str]], int]]]:
-    from hpo.cli import verbs
+    import hpo.cli.verbs as verbs
 
     return {
         "optimize": ("hpo", verbs.optimize),
@@ -177,16 +215,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = _compose(config_name, overrides, config_dirs)
         except (HydraException, OmegaConfBaseException) as e:
             raise UserError(f"bad config: {_hydra_message(e)}") from e
+        except yaml.YAMLError as e:
+            raise UserError(f"bad config: {_yaml_message(e)}") from e
+        except UnicodeDecodeError as e:
+            raise UserError(f"bad config: {_not_utf8(config_dirs, e)}") from e
         if print_cfg:
             print(OmegaConf.to_yaml(cfg))
             return 0
         _setup_logging(str(cfg.get("log_level", "INFO")))
         # SIGTERM (kill, Kubernetes, SLURM) stops like Ctrl-C: the running trial is marked FAIL.
         signal.signal(signal.SIGTERM, _interrupt)
-        return run(cfg, rest)
+        code = run(cfg, rest)
+        sys.stdout.flush()  # a reader that went away (`| head`) shows here, not at exit
+        return code
     except UserError as e:
-        print(f"hpo {verb}: error: {e}", file=sys.stderr)
+        print(f"hpo {verb}: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 0
     except KeyboardInterrupt:
         print(f"hpo {verb}: interrupted", file=sys.stderr)
         return 130

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpo.core.config import RunConfig, to_generate_config, to_run_config
+from hpo.core.config import CHARS_PER_TOKEN, RunConfig, to_generate_config, to_run_config
 from hpo.core.errors import UserError
 from hpo.core.record import format_params
 
@@ -113,21 +113,44 @@ def llama_cpp_line(m: dict[str, Any]) -> str:
     return line + ("" if m["feasible"] else " (INFEASIBLE)")
 
 
-def _export(cfg: RunConfig, study: Any, worker: Any) -> int:
-    import json
+def _check_export_target(cfg: RunConfig) -> None:
+    """Refuse an `export.dir` that would lose data before anything is loaded or run."""
+    from hpo.export.target import check_target, protected_paths
+    from hpo.run.study import storage_url
 
+    protected = protected_paths(cfg.output_dir, storage_url(cfg), cfg.artifacts_dir)
+    check_target(cfg.export.dir, cfg.export.force, protected)
+
+
+def _choose(cfg: RunConfig, study: Any) -> tuple[Any, Any]:
+    """The trial to export and the rule that picked it (no model needed)."""
     from hpo.core.objective_metrics import is_multi
     from hpo.core.selection import parse_rule
-    from hpo.export.bundle import STEERING_JSON
-    from hpo.export.writer import pick_trial, write_bundle
+    from hpo.export.writer import pick_trial
 
     rule = None
     if cfg.export.rule is not None or is_multi(cfg.task.objective):
         rule = parse_rule(cfg.export.rule, cfg.task.objective)
     trial = pick_trial(study, cfg.export.trial, None if cfg.export.trial is not None else rule)
-    path = write_bundle(worker, study, trial, cfg.export.dir, rule)
+    return trial, rule
+
+
+def _export(cfg: RunConfig, study: Any, worker: Any, chosen: tuple[Any, Any] | None = None) -> int:
+    import json
+
+    from hpo.export.bundle import STEERING_JSON
+    from hpo.export.writer import write_bundle
+
+    trial, rule = chosen or _choose(cfg, study)
+    path = write_bundle(worker, study, trial, cfg.export.dir, rule, force=cfg.export.force)
     _print_results(json.loads((path / STEERING_JSON).read_text()), path)
     return 0
+
+
+def _running_elsewhere(study: Any) -> bool:
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def optimize(raw: DictConfig, args: Sequence[str] = ()) -> int:
@@ -137,11 +160,22 @@ def optimize(raw: DictConfig, args: Sequence[str] = ()) -> int:
     from hpo.run.study import check_config, open_study, prepare_worker, run_trials
 
     cfg = to_run_config(raw)
-    if cfg.workers == 1 and cfg.worker_rank is None:
+    shared_rank = cfg.workers == 1 and cfg.worker_rank is None
+    if shared_rank:
         cfg.worker_rank = 0  # in-process: reproducible sampler seed
+    if cfg.export.enabled:
+        _check_export_target(cfg)  # not after an hour of trials
     task = check_config(cfg)
     publisher = Publisher(cfg)
     study = open_study(cfg, on_create=publisher.describe)
+    if shared_rank and _running_elsewhere(study):
+        # Another `hpo optimize` runs this study: rank 0 would propose the same points as it.
+        cfg.worker_rank = None
+        log.info(
+            "another process runs study %r: this one seeds its sampler by host and pid",
+            study.study_name,
+        )
+        study = open_study(cfg)
     if cfg.workers > 1:
         from hpo.run.launcher import run_workers
 
@@ -160,24 +194,42 @@ def optimize(raw: DictConfig, args: Sequence[str] = ()) -> int:
 def worker(raw: DictConfig, args: Sequence[str] = ()) -> int:
     """`hpo worker`: join an existing study and run trials until its budget is met."""
     from hpo.monitor.publisher import Publisher
+    from hpo.run.budget import finished_trials
     from hpo.run.study import check_config, open_study, prepare_worker, run_trials
 
     cfg = to_run_config(raw)
     task = check_config(cfg)
     study = open_study(cfg, create=False)
+    done = finished_trials(study)
+    if done >= cfg.study.n_trials:  # nothing to do: do not load the model for it
+        log.info("study %r already has its %d finished trials", study.study_name, done)
+        return 0
     run_trials(study, prepare_worker(cfg, task), cfg.study.n_trials, Publisher(cfg))
     return 0
 
 
 def _stored_run_config(cfg: RunConfig, study: Any) -> RunConfig:
-    """The config the study was made with, with this invocation's export/storage/output."""
-    from hpo.run.study import stored_config
+    """The config the study was made with, with this invocation's export/storage/output.
+
+    Settings that can run code (`trust_remote_code`, the sampler and pruner `_target_`s) come
+    from this invocation only: whoever can write the study database must not choose code for
+    whoever exports it. A line says so when the stored config asked for more.
+    """
+    from hpo.run.study import security_notes, stored_config
 
     record = stored_config(study)
+    for note in security_notes(record, cfg):
+        log.warning(note)
     record["export"] = dataclasses.asdict(cfg.export)
+    # studies made before `task.train_template` built their train pairs from raw prompts
+    record["task"].setdefault("train_template", False)
     record["storage"] = dataclasses.asdict(cfg.storage)
     record["output_dir"] = cfg.output_dir
     record["log_level"] = cfg.log_level
+    record["sampler"] = dict(cfg.sampler)
+    record["pruner"] = dict(cfg.pruner)
+    for group in ("model", "model_diff"):
+        record.setdefault(group, {})["trust_remote_code"] = getattr(cfg, group).trust_remote_code
     return to_run_config(OmegaConf.create(record))
 
 
@@ -186,9 +238,11 @@ def export(raw: DictConfig, args: Sequence[str] = ()) -> int:
     from hpo.run.study import open_study, prepare_worker
 
     cfg = to_run_config(raw)
+    _check_export_target(cfg)
     study = open_study(cfg, create=False, join=False)
     stored = _stored_run_config(cfg, study)
-    return _export(stored, study, prepare_worker(stored, validation=False))
+    chosen = _choose(stored, study)  # an unknown or unfinished trial: before the model loads
+    return _export(stored, study, prepare_worker(stored, validation=False), chosen)
 
 
 def status(raw: DictConfig, args: Sequence[str] = ()) -> int:
@@ -275,9 +329,22 @@ def generate(raw: DictConfig, args: Sequence[str] = ()) -> int:
         path = Path(gen.prompts_file).expanduser()
         if not path.is_file():
             raise UserError(f"prompts_file must be an existing file, got {gen.prompts_file!r}")
-        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"prompts_file {gen.prompts_file!r} must be UTF-8, got byte "
+                f"{e.object[e.start]:#x} at offset {e.start}"
+            ) from e
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise UserError('generate needs prompt="...", prompts_file=PATH or replay=true, got none')
+    longest = max(len(p) for p in prompts)
+    if longest > gen.max_prompt_tokens * CHARS_PER_TOKEN:
+        raise UserError(
+            f"a prompt ({longest} characters) cannot fit max_prompt_tokens="
+            f"{gen.max_prompt_tokens} tokens; long prompts are refused, not truncated"
+        )
     if gen.alpha is not None:
         bundle.alpha = gen.alpha
     loaded = load_model(bundle.model_config(gen.device))
@@ -289,6 +356,11 @@ def generate(raw: DictConfig, args: Sequence[str] = ()) -> int:
         texts = [bundle.prompt(tok, p, gen.chat_template) for p in prompts]
         budget, stop = gen.max_new_tokens, None
     ids = [tok.encode(t) for t in texts]
+    if max(len(x) for x in ids) > gen.max_prompt_tokens:
+        raise UserError(
+            f"a prompt has {max(len(x) for x in ids)} tokens, more than max_prompt_tokens="
+            f"{gen.max_prompt_tokens}; long prompts are refused, not truncated"
+        )
     plain: list[tuple[list[int], str]] = []
     steered: list[tuple[list[int], str]] = []
     for which in progress(("unsteered", "steered"), "generating", unit="pass"):

@@ -11,15 +11,27 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hpo.core.columns import check_columns
 from hpo.core.errors import UserError
+from hpo.core.names import check_name
 
 DTYPES = ("float32", "float16", "bfloat16")
 DIRECTIONS = ("maximize", "minimize")
 BALANCES = ("swap", "none")
 LOGLIKS = ("sum", "mean")
+# Upper bounds on sizes, so a typo cannot ask for days of work or all the memory.
+MAX_NEW_TOKENS = 32768
+MAX_TRIALS = 1_000_000
+# No tokenizer packs more characters than this into one token of ordinary text: a prompt longer
+# than max_prompt_tokens x this is refused before any tokenizer loads (the exact token count is
+# checked once the prompts are tokenized).
+CHARS_PER_TOKEN = 16
+# The default damage guard: KL(steered || unsteered) on neutral prompts, nats per token. The demo's
+# feasible trials reach 1.02 (winner: 0.79 validation, 0.91 test); broken ones 2.8 to 7.
+DEFAULT_KL_MAX = 1.5
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -30,6 +42,11 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def _at_least(name: str, value: int | None, low: int = 1) -> None:
     if value is not None and value < low:
         raise UserError(f"{name} must be >= {low}, got {value}")
+
+
+def _at_most(name: str, value: int | None, high: int) -> None:
+    if value is not None and value > high:
+        raise UserError(f"{name} must be <= {high}, got {value}")
 
 
 @dataclass
@@ -72,16 +89,23 @@ class FluencyConfig:
     A trial is infeasible when its continuations' perplexity under the unsteered model exceeds
     `max_perplexity_ratio` x the baseline's, or their distinct-2 ratio falls below
     `min_distinct2_ratio` x the baseline's (repetitive text such as "wonderful wonderful ...").
+    The absolute rules hold whatever the baseline: perplexity at most `max_perplexity`, distinct-2
+    at least `min_distinct2`, and a text quality (share of dictionary-like words, markup such as
+    `<strong>` counted against it) at least `min_text_quality`. An absolute bound the unsteered
+    baseline itself breaks is left out (the ratios still hold), so the baseline is feasible.
     """
 
     enabled: bool = True
     max_perplexity_ratio: float = 3.0
     min_distinct2_ratio: float = 0.8
+    max_perplexity: float = 20.0
+    min_distinct2: float = 0.5
+    min_text_quality: float = 0.8
 
     def __post_init__(self) -> None:
-        if self.max_perplexity_ratio <= 1.0:
+        if not (math.isfinite(self.max_perplexity_ratio) and self.max_perplexity_ratio > 1.0):
             raise UserError(
-                "task.objective.fluency.max_perplexity_ratio must be > 1, "
+                "task.objective.fluency.max_perplexity_ratio must be a finite number > 1, "
                 f"got {self.max_perplexity_ratio}"
             )
         if not 0.0 < self.min_distinct2_ratio <= 1.0:
@@ -89,6 +113,14 @@ class FluencyConfig:
                 "task.objective.fluency.min_distinct2_ratio must lie in (0, 1], "
                 f"got {self.min_distinct2_ratio}"
             )
+        if not (math.isfinite(self.max_perplexity) and self.max_perplexity > 1.0):
+            raise UserError(
+                f"task.objective.fluency.max_perplexity must be > 1, got {self.max_perplexity}"
+            )
+        for name in ("min_distinct2", "min_text_quality"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"task.objective.fluency.{name} must lie in [0, 1], got {value}")
 
 
 @dataclass
@@ -99,7 +131,9 @@ class KLConfig:
     rows, held-out test: the next `n_prompts`), teacher-forced on the unsteered model's greedy
     `max_new_tokens`-token continuation; the value is KL(steered || unsteered) in nats, averaged
     over every continuation position (up to and including EOS) of every prompt. `max` (tau) makes
-    `kl <= tau` an Optuna constraint: trials above it are infeasible and never exported.
+    `kl <= tau` an Optuna constraint: trials above it are infeasible and never exported. It is on
+    by default (the damage guard of every objective kind); `max: null` or `enabled: false` turns
+    it off.
     """
 
     enabled: bool = True
@@ -107,17 +141,13 @@ class KLConfig:
     column: str = "prompt"
     n_prompts: int = 12
     max_new_tokens: int = 16
-    max: float | None = None
+    max: float | None = DEFAULT_KL_MAX
 
     def __post_init__(self) -> None:
         _at_least("task.objective.kl.n_prompts", self.n_prompts)
         _at_least("task.objective.kl.max_new_tokens", self.max_new_tokens)
         if self.max is not None and not (math.isfinite(self.max) and self.max > 0):
             raise UserError(f"task.objective.kl.max must be a number > 0 or null, got {self.max}")
-        if self.max is not None and not self.enabled:
-            raise UserError(
-                f"task.objective.kl.max={self.max} needs task.objective.kl.enabled=true"
-            )
 
 
 @dataclass
@@ -151,6 +181,7 @@ class ObjectiveConfig:
             raise UserError(f"task.objective.stop must not hold empty strings, got {self.stop}")
         _at_least("task.objective.batch_size", self.batch_size)
         _at_least("task.objective.max_new_tokens", self.max_new_tokens)
+        _at_most("task.objective.max_new_tokens", self.max_new_tokens, MAX_NEW_TOKENS)
 
 
 @dataclass
@@ -160,27 +191,40 @@ class TaskConfig:
     name: str = "???"
     description: str = ""
     source: str = "???"
-    columns: dict[str, str] = field(default_factory=dict)
+    # role -> column; `choices` may list columns, `answer` / `negative` may be a constant option
+    # (an index or a letter): see `hpo.core.columns`.
+    columns: dict[str, Any] = field(default_factory=dict)
     # Contrastive pairs from their own file (e.g. sentiment sentences) while `source` holds the
     # items to score; `null` = train pairs are a split of `source`.
     train_source: str | None = None
     train_columns: dict[str, str] = field(
         default_factory=lambda: {k: k for k in ("prompt", "positive", "negative")}
     )
+    # Train pairs' prompts go through `prompt_template` (every field from the train row), the chat
+    # template and the answer prefix, like the validation prompts; false = the raw prompt column.
+    train_template: bool = True
     prompt_template: str = "{prompt}"
     chat_template: bool = False
     answer_prefix: str = " ("
     limit: int | None = None
+    # Longer prompts are refused, not truncated (a cut prompt asks another question).
+    max_prompt_tokens: int = 2048
     splits: SplitConfig = field(default_factory=SplitConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
     def __post_init__(self) -> None:
+        # The name becomes a folder of the bundle (vectors/<name>/): a plain name only.
+        if self.name != MISSING:  # the schema's own default, before a task fills it
+            check_name("task.name", self.name)
         # Other fields ({question}, {options}) are checked against the data in `load_task`.
         if "{prompt}" not in self.prompt_template:
             raise UserError(
                 f"task.prompt_template must contain {{prompt}}, got {self.prompt_template!r}"
             )
         _at_least("task.limit", self.limit)
+        _at_least("task.max_prompt_tokens", self.max_prompt_tokens)
+        check_columns(self.name, "columns", self.columns)
+        check_columns(self.name, "train_columns", self.train_columns, plain=True)
 
 
 @dataclass
@@ -221,6 +265,13 @@ class SearchSpaceConfig:
     window: IntRange = field(default_factory=lambda: IntRange(1, 1))
     layer_sets: list[list[int]] = field(default_factory=list)
     derived: dict[str, str] = field(default_factory=lambda: {"layer_alpha": "alpha / window"})
+
+    def __post_init__(self) -> None:
+        # The other rules need the model's layer count: `search_spaces.validate`.
+        for key in ("low", "high"):
+            value = getattr(self.alpha, key)
+            if not math.isfinite(value):
+                raise UserError(f"search_space.alpha.{key} must be a finite number, got {value}")
 
 
 @dataclass
@@ -267,6 +318,11 @@ class StorageConfig:
 
     def __post_init__(self) -> None:
         _at_least("storage.heartbeat_interval", self.heartbeat_interval)
+        _at_least("storage.max_retry", self.max_retry, 0)
+        if not (math.isfinite(self.sqlite_timeout) and self.sqlite_timeout > 0):
+            raise UserError(
+                f"storage.sqlite_timeout must be a finite number > 0, got {self.sqlite_timeout}"
+            )
         if self.require_url and not self.url:
             raise UserError(
                 "this storage needs a URL: set HPO_STORAGE_URL in the environment (preferred: "
@@ -290,6 +346,7 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         _at_least("study.n_trials", self.n_trials)
+        _at_most("study.n_trials", self.n_trials, MAX_TRIALS)
         if not self.name:
             raise UserError("study.name must not be empty")
 
@@ -324,6 +381,11 @@ class ExportConfig:
     trial: int | None = None
     enabled: bool = True
     rule: ExportRule | None = None
+    # Replace the bundle an earlier export wrote in `dir` (never anything else).
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least("export.trial", self.trial, 0)
 
 
 @dataclass
@@ -385,9 +447,13 @@ class GenerateConfig:
     chat_template: bool = True
     device: str = "auto"
     replay: bool = False
+    # Longer prompts are refused, not truncated.
+    max_prompt_tokens: int = 2048
 
     def __post_init__(self) -> None:
         _at_least("max_new_tokens", self.max_new_tokens)
+        _at_most("max_new_tokens", self.max_new_tokens, MAX_NEW_TOKENS)
+        _at_least("max_prompt_tokens", self.max_prompt_tokens)
         if self.alpha is not None and not math.isfinite(self.alpha):
             raise UserError(f"alpha must be finite, got {self.alpha}")
 

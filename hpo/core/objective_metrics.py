@@ -21,6 +21,7 @@ KNOWN_DIRECTIONS = {
     "tokens": "minimize",
     "perplexity": "minimize",
     "distinct2": "maximize",
+    "text_quality": "maximize",
     "accuracy": "maximize",
 }
 

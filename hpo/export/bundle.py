@@ -6,8 +6,7 @@ training machinery. `load_bundle(path).apply(model)` is a context manager.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,32 +14,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from hpo.core.errors import UserError
+from hpo.export.verify import (
+    SCHEMA_VERSION,
+    STEERING_JSON,
+    BundleError,
+    check_files,
+    read_meta,
+    read_vectors,
+    sha256_file,
+    vector_relpath,
+)
 from hpo.model.blocks import find_blocks, num_hidden_layers
 from hpo.steering.hooks import SteeringHandle, steer
 
 if TYPE_CHECKING:
     from hpo.core.config import ModelConfig
 
-SCHEMA_VERSION = 1
-STEERING_JSON = "steering.json"
+__all__ = [
+    "SCHEMA_VERSION",
+    "STEERING_JSON",
+    "Bundle",
+    "BundleError",
+    "load_bundle",
+    "sha256_file",
+    "vector_relpath",
+]
 
-
-def vector_relpath(trait: str) -> str:
-    """Where a trait's vectors live inside a bundle (seed 000's layout)."""
-    return f"vectors/{trait}/steering_vector.safetensors"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class BundleError(UserError):
-    """A bundle that cannot be loaded or does not fit the model."""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -140,6 +141,14 @@ class Bundle:
         from hpo.core.config import ModelConfig
 
         m = self.meta["model"]
+        if m.get("trust_remote_code"):
+            # Code execution is the loading user's decision, never a bundle's.
+            log.warning(
+                "bundle %s asks for trust_remote_code=true; not honoured: the model loads "
+                "without remote code (load it yourself with trust_remote_code=True if you "
+                "trust it)",
+                self.path,
+            )
         return ModelConfig(
             name_or_path=m["name_or_path"],
             gguf_file=m.get("gguf_file"),
@@ -170,43 +179,20 @@ class Bundle:
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Load a bundle directory written by `hpo export`, verifying every file's sha256.
+    """Load a bundle directory written by `hpo export`, checking everything it holds first.
+
+    Every file of the sha256 map is verified (the map is required and covers the vectors, every
+    path stays inside the bundle), and every tensor and number is checked (finite, the model's
+    hidden size, known positions and mode); see `hpo.export.verify`.
 
     Raises:
-        BundleError: missing directory or file, bad JSON, checksum mismatch, corrupt tensors.
+        BundleError: a missing directory or file, bad JSON, a checksum mismatch, a path leaving
+            the bundle, corrupt or non-finite tensors, or a value breaking its rule.
     """
     root = Path(path).expanduser()
-    if not root.is_dir():
-        raise BundleError(f"bundle directory {str(root)!r} does not exist")
-    meta_path = root / STEERING_JSON
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError as e:
-        raise BundleError(f"bundle {root} has no {STEERING_JSON}") from e
-    except json.JSONDecodeError as e:
-        raise BundleError(f"bundle {root}: {STEERING_JSON} is not valid JSON ({e})") from e
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(
-            f"bundle {root}: schema_version must be {SCHEMA_VERSION}, "
-            f"got {meta.get('schema_version')!r}"
-        )
-    for rel, digest in meta.get("sha256", {}).items():
-        file = root / rel
-        if not file.is_file():
-            raise BundleError(f"bundle {root} lacks {rel}")
-        if sha256_file(file) != digest:
-            raise BundleError(f"bundle {root}: {rel} does not match its sha256 (corrupted?)")
-    vector_file = root / vector_relpath(meta["trait"])
-    try:
-        tensors = load_file(str(vector_file))
-    except (SafetensorError, OSError) as e:
-        raise BundleError(f"bundle {root}: cannot read {vector_file.name}: {e}") from e
-    vectors = {int(name.split(".", 1)[1]): t.float() for name, t in tensors.items()}
-    if sorted(vectors) != sorted(meta["layers"]):
-        raise BundleError(
-            f"bundle {root}: tensors for layers {sorted(vectors)} but steering.json lists "
-            f"{meta['layers']}"
-        )
+    meta = read_meta(root)
+    check_files(root, meta)
+    vectors = read_vectors(root, meta)
     application = meta["application"]
     return Bundle(
         path=root,

@@ -47,17 +47,33 @@ def _umask() -> int:
 
 
 def bundle_files(target: Path) -> list[str] | None:
-    """The files a bundle directory's marker lists, or None when it has no valid marker."""
+    """The files a bundle directory's marker lists (a bundle from before the marker: its
+    sha256 map), or None when it is not a bundle hpo wrote."""
     try:
         data = json.loads((target / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return _legacy_bundle_files(target)
     files = data.get("files") if isinstance(data, dict) else None
     if data.get("written_by") != WRITTEN_BY or not isinstance(files, list):
         return None
     if not all(isinstance(f, str) for f in files):
         return None
     return files
+
+
+def _legacy_bundle_files(target: Path) -> list[str] | None:
+    """A bundle written before the marker existed: its `steering.json` names steering-hpo and
+    lists every other file in its sha256 map (anything else in the folder is still refused)."""
+    try:
+        meta = json.loads((target / "steering.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or (meta.get("package") or {}).get("name") != WRITTEN_BY:
+        return None
+    digests = meta.get("sha256")
+    if not isinstance(digests, dict) or not all(isinstance(k, str) for k in digests):
+        return None
+    return sorted({*digests, "steering.json"})
 
 
 def _foreign(target: Path, files: list[str]) -> list[str]:

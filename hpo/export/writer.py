@@ -8,9 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import save_file
 
+from hpo.core.chance import CHANCE_BIAS_ATTR, chance_report
 from hpo.core.config import RunConfig
 from hpo.core.errors import UserError
 from hpo.core.objective_metrics import Metric, metric_values
@@ -37,6 +36,7 @@ from hpo.export.bundle import SCHEMA_VERSION, STEERING_JSON, sha256_file, vector
 from hpo.export.control_vector import FILENAME as CONTROL_VECTOR
 from hpo.export.control_vector import ControlVectorError, model_hint, write_control_vector
 from hpo.export.model_card import model_card
+from hpo.export.target import check_target, protected_paths, publish, staging_dir
 from hpo.model.decoding import complete_each
 from hpo.run.tasks import load_task
 from hpo.run.worker import Plan, Worker
@@ -63,8 +63,8 @@ def pick_trial(study: optuna.Study, number: int | None, rule: Rule | None = None
             if t.number == number:
                 if not is_feasible(t):
                     raise UserError(
-                        f"export.trial={number} is infeasible (its text fails the fluency "
-                        f"constraints {t.constraints}); pick a feasible one"
+                        f"export.trial={number} is infeasible (it breaks its constraints, "
+                        f"fluency or kl: {t.constraints}); pick a feasible one"
                     )
                 return t
         raise UserError(
@@ -148,6 +148,15 @@ def measure(
     }
     test_letters = {"steered": steered.per_letter, "baseline": baseline.per_letter}
     warnings = honesty_warnings(lo, hi, test_letters)
+    chance = chance_report(
+        worker.cfg.task.objective,
+        steered.value,
+        baseline.per_item,
+        baseline.extras.get("chance_items"),
+        seed,
+        study.user_attrs.get(CHANCE_BIAS_ATTR),
+    )
+    warnings += chance.pop("warnings", [])
     extra: dict[str, Any] = {}
     if "texts" in steered.extras:
         extra["samples"] = replay_samples(worker, plan, test_rows, prepared)
@@ -185,6 +194,7 @@ def measure(
     )
     return {
         "warnings": warnings,
+        **chance,
         "validation": {
             "steered": val_metrics.get("score", trial.values[0] if trial.values else None),
             "baseline": val_base.get("score", study.user_attrs.get(BASELINE_VALUE_ATTR)),
@@ -419,14 +429,19 @@ def write_bundle(
     trial: FrozenTrial,
     out_dir: str | Path,
     rule: Rule | None = None,
+    force: bool = False,
 ) -> Path:
     """Score the winner on the test split and write the bundle directory atomically.
 
     `rule` is the export rule that picked `trial` (recorded in `steering.json`'s `selection`
-    with the Pareto front of a multi-objective study).
+    with the Pareto front of a multi-objective study). `out_dir` must be new, empty, or (with
+    `force`) hold a bundle an earlier export wrote; see `hpo.export.target`.
     """
+    from hpo.run.study import storage_url
+
     cfg = worker.cfg
-    target = Path(out_dir).expanduser().resolve()
+    protected = protected_paths(cfg.output_dir, storage_url(cfg), cfg.artifacts_dir)
+    target = check_target(out_dir, force, protected)  # before the test split is scored
     plan = worker.plan(trial.params)
     vectors, resolved, app = plan.vectors, plan.resolved, plan.application
     test = TestSplit.load(worker)
@@ -477,8 +492,7 @@ def write_bundle(
             "chat_template": cfg.task.chat_template,
         }
     meta["model"]["model_type"] = str(getattr(worker.loaded.model.config, "model_type", ""))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = staging_dir(target)
     try:
         vec_path = tmp / vector_relpath(trait)
         vec_path.parent.mkdir(parents=True)
@@ -509,14 +523,7 @@ def write_bundle(
             files.append(CONTROL_VECTOR)
         meta["sha256"] = {rel: sha256_file(tmp / rel) for rel in files}
         (tmp / STEERING_JSON).write_text(json.dumps(meta, indent=2) + "\n")
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        publish(tmp, target, force, protected)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("bundle written to %s", target)

@@ -29,7 +29,16 @@ class Publisher:
     def __init__(self, cfg: RunConfig) -> None:
         objective = cfg.task.objective
         self.label = metric_label(objective.kind, objective.scorer)
-        self.store: Any = artifact_store(cfg.artifacts_dir) if cfg.artifacts_dir else None
+        self.artifacts_dir = cfg.artifacts_dir
+        self._store: Any = None
+
+    @property
+    def store(self) -> Any:
+        """The artifact store (None: no artifacts), created with its folder on first use, so a
+        run refused before its first trial leaves no folder behind."""
+        if self._store is None and self.artifacts_dir:
+            self._store = artifact_store(self.artifacts_dir)
+        return self._store
 
     def describe(self, study: optuna.Study) -> None:
         """Write a new study's note (model, task, space, how to export) for the dashboard."""

@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.core.chance import CHANCE_ATTR
 from hpo.core.record import is_baseline, is_feasible
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,18 @@ def history(study: optuna.Study, label: str) -> Any:
             linewidth=1.5,
             label=f"baseline (alpha = 0) {base.values[0]:.4f}",
         )
+    chance = study.user_attrs.get(CHANCE_ATTR)
+    if chance is not None and not multi:
+        ax.axhline(
+            chance,
+            color="tab:gray",
+            linestyle=":",
+            linewidth=1.5,
+            label=f"chance (uniform answers) {chance:.4f}",
+        )
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if any(not is_feasible(t) for t in done):
-        ax.scatter([], [], color="#cccccc", label="infeasible trial (fluency)")
+        ax.scatter([], [], color="#cccccc", label="infeasible trial (fluency, kl)")
     ax.legend(loc="best", fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _title(ax, f"Optimization history of study {study.study_name!r}")

@@ -35,7 +35,7 @@ def render_status(study: optuna.Study, url: str) -> str:
     if info["n_infeasible"]:
         lines.append(
             f"feasible  {info['n_feasible']} steered trials pass the "
-            f"fluency constraints, {info['n_infeasible']} do not (never exported)"
+            f"constraints (fluency, kl), {info['n_infeasible']} do not (never exported)"
         )
     if info["best_trial"] is not None:
         delta = "" if baseline is None else f" (delta {info['best_value'] - baseline:+.4f})"

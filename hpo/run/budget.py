@@ -19,6 +19,8 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from hpo.core.errors import TrialFailure, UserError
+from hpo.core.record import BASELINE_ATTR
+from storage import RetryStaleTrial
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +66,48 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def budgeted(objective: Objective, n_trials: int) -> Objective:
-    """Wrap an objective so a trial created past the budget fails before doing any work."""
+def _finished_elsewhere(trial: optuna.Trial) -> bool:
+    """Whether another worker already finished this trial (failed it as stale while this
+    process was stopped past `storage.grace_period`)."""
+    return trial.study._storage.get_trial(trial._trial_id).state.is_finished()
+
+
+def _retry_baseline(trial: optuna.Trial) -> None:
+    """Enqueue the interrupted baseline again: without it no trial has a reference."""
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    RetryStaleTrial(max_retry=None)(trial.study, frozen)
+    log.info("baseline trial %d interrupted: enqueued again", trial.number)
+
+
+def budgeted(objective: Objective, n_trials: int, taken: list[int] | None = None) -> Objective:
+    """Wrap an objective so a trial created past the budget fails before doing any work.
+
+    `taken` collects the numbers of trials another worker finished while this one ran them
+    (`run_trials` then discards their result instead of crashing).
+    """
 
     def run(trial: optuna.Trial) -> float | Sequence[float]:
         try:
             check_claim(trial.study, trial.number, n_trials)
-            return objective(trial)
+            value = objective(trial)
         except OverBudget as e:
             log.info("trial %d not run: %s (another worker won the race)", trial.number, e)
             trial.set_user_attr("fail_reason", str(e))
             raise TrialFailure(str(e)) from e
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM turned into one by the CLI
-            reason = f"worker stopped ({e or 'Ctrl-C'})"
+            reason = f"worker stopped ({str(e) or 'Ctrl-C'})"
             log.warning("trial %d failed: %s", trial.number, reason)
             trial.set_user_attr("fail_reason", reason)
+            if trial.user_attrs.get(BASELINE_ATTR):
+                _retry_baseline(trial)
             raise
+        except Exception:
+            if taken is not None and _finished_elsewhere(trial):
+                taken.append(trial.number)
+            raise
+        if taken is not None and _finished_elsewhere(trial):
+            taken.append(trial.number)
+        return value
 
     return run
 
@@ -107,13 +135,25 @@ def run_trials(
         ):
             study.stop()
 
-    wrapped = budgeted(objective, n_trials)
+    taken: list[int] = []
+    wrapped = budgeted(objective, n_trials, taken)
     while wait_for_others(study, n_trials):
         if failures >= max_consecutive_failures:
             raise UserError(
                 f"{failures} trials failed in a row; see `hpo status` for their reasons"
             )
-        study.optimize(wrapped, catch=(TrialFailure,), callbacks=[stop_when_claimed])
+        try:
+            study.optimize(wrapped, catch=(TrialFailure,), callbacks=[stop_when_claimed])
+        except (ValueError, AssertionError, RuntimeError):
+            # Optuna cannot record a trial that another worker failed meanwhile (this process
+            # was stopped past storage.grace_period and its trial retried elsewhere).
+            if not taken:
+                raise
+            log.warning(
+                "trial %d was failed by another worker while this one was stopped; its result "
+                "is discarded (the retry counts instead)",
+                taken.pop(),
+            )
     log.info("study %r has its %d finished trials", study.study_name, n_trials)
 
 

@@ -8,19 +8,22 @@ import hashlib
 import logging
 import os
 import socket
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import optuna
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from optuna.exceptions import ExperimentalWarning
+from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from optuna.pruners import NopPruner
 from optuna.study import StudyDirection
+from sqlalchemy.exc import SQLAlchemyError
 
-from hpo.core.config import RunConfig
+from hpo.core.config import CHARS_PER_TOKEN, RunConfig, TaskConfig
 from hpo.core.errors import UserError
 from hpo.core.objective_metrics import study_metrics
 from hpo.core.record import BASELINE_ATTR, CONFIG_ATTR, metric_label
@@ -31,16 +34,25 @@ from hpo.run.tasks import TaskSplits, load_task
 from hpo.run.trial import Publish, SteeringObjective
 from hpo.run.worker import Worker
 from hpo.steering.activations import ActivationCache, load_or_build
-from objectives import check_task, make_objective
+from objectives import check_rows, check_task, make_objective
 from search_spaces import baseline_params, validate
-from storage import create_storage, default_sqlite_url, mask_url
+from storage import create_storage, default_sqlite_url, mask_url, sqlite_path
 
 log = logging.getLogger(__name__)
 
 # What must match for a worker to join a study: the same model, task and search space.
 FINGERPRINT_KEYS = ("model", "model_diff", "task", "search_space")
+# Settings that can run code on this machine. Never taken from the study database (anyone who
+# can write a shared study could set them): each process uses its own config's value.
+SECURITY_KEYS = ("model.trust_remote_code", "model_diff.trust_remote_code")
 # How a worker runs, not what it computes: may differ between workers of one study.
-PER_WORKER_KEYS = {"model.threads", "model.device", "task.objective.batch_size"}
+PER_WORKER_KEYS = {
+    "model.threads",
+    "model.device",
+    "task.objective.batch_size",
+    "task.max_prompt_tokens",
+    *SECURITY_KEYS,
+}
 MAX_CONSECUTIVE_FAILURES = 10
 
 
@@ -65,6 +77,21 @@ def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = 
         elif a != b and f"{prefix}{key}" not in PER_WORKER_KEYS:
             out.append(f"{prefix}{key}: study has {a!r}, this run has {b!r}")
     return out
+
+
+def security_notes(stored: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """One line per security setting the study's stored config asks for and this process's own
+    config does not grant (it is not honoured)."""
+    notes = []
+    for key in SECURITY_KEYS:
+        group, name = key.split(".")
+        wanted = (stored.get(group) or {}).get(name)
+        if wanted is True and not getattr(getattr(cfg, group), name):
+            notes.append(
+                f"the study's stored config sets {key}=true; not honoured: this process takes "
+                f"{key} from its own config ({key}=false); set it there if you trust the model"
+            )
+    return notes
 
 
 def worker_rank(cfg: RunConfig) -> int:
@@ -98,9 +125,40 @@ def open_study(
 
     Raises:
         UserError: the study does not exist and `create` is False, or `join` and it exists with
-            a different model, task or search space (the differences are spelled out).
+            a different model, task or search space (the differences are spelled out), or the
+            database cannot be read (or, to run trials, written).
     """
+    with _storage_errors(storage_url(cfg)):
+        return _open_study(cfg, create, join, on_create)
+
+
+@contextmanager
+def _storage_errors(url: str) -> Iterator[None]:
+    """A database that refuses a read or write (read-only file, lost server): one line."""
+    try:
+        yield
+    except (SQLAlchemyError, StorageInternalError) as e:
+        cause: BaseException = (
+            e.__cause__ if isinstance(e, StorageInternalError) and e.__cause__ else e
+        )
+        reason = str(getattr(cause, "orig", None) or cause).splitlines() or [type(e).__name__]
+        raise UserError(f"cannot use storage {mask_url(url)!r}: {reason[0]}") from e
+
+
+def _open_study(
+    cfg: RunConfig,
+    create: bool,
+    join: bool,
+    on_create: Callable[[optuna.Study], None] | None,
+) -> optuna.Study:
     url = storage_url(cfg)
+    db = sqlite_path(url)
+    if not create and db is not None and not db.is_file():
+        # Opening it would leave an empty study.db behind a mistyped output_dir.
+        raise UserError(
+            f"no study named {cfg.study.name!r}: no study database at {db} "
+            "(check output_dir or storage.url)"
+        )
     storage = create_storage(cfg.storage, url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # TPE's `group` is experimental
@@ -122,16 +180,28 @@ def open_study(
             raise UserError(
                 f"no study named {cfg.study.name!r} in {mask_url(url)}; studies there: {names}"
             )
-    study = optuna.create_study(
-        study_name=cfg.study.name,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        directions=[StudyDirection[m.direction.upper()] for m in metrics],
-        load_if_exists=True,
-    )
+    if create:
+        study = optuna.create_study(
+            study_name=cfg.study.name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            directions=[StudyDirection[m.direction.upper()] for m in metrics],
+            load_if_exists=True,
+        )
+    else:  # reading only: status, report and export never write the database
+        study = optuna.load_study(
+            study_name=cfg.study.name, storage=storage, sampler=sampler, pruner=pruner
+        )
     record = config_record(cfg)
     stored = study.user_attrs.get(CONFIG_ATTR)
+    if join and stored is not None:
+        # A database this worker cannot write stops it here, before any model loads.
+        storage.set_study_system_attr(
+            storage.get_study_id_from_name(cfg.study.name),
+            "hpo_last_join",
+            f"{socket.gethostname()}:{os.getpid()}:{time.time()}",
+        )
     if stored is None:
         names = [m.name for m in metrics]
         if names != ["score"]:  # a plain study keeps Optuna's unnamed value (report labels it)
@@ -150,6 +220,8 @@ def open_study(
                 skip_if_exists=True,
             )
     elif join:
+        for note in security_notes(stored, cfg):
+            log.warning(note)
         diffs = [
             d
             for k in FINGERPRINT_KEYS
@@ -259,7 +331,25 @@ def check_config(cfg: RunConfig) -> TaskSplits:
     validate(cfg.search_space, shape.num_layers)
     check_model_diff(cfg, shape)
     parse_rule(cfg.export.rule, cfg.task.objective)  # checks the metrics too
-    return load_task(cfg.task)
+    splits = load_task(cfg.task)
+    check_rows(cfg.task, splits.validation + ([] if cfg.task.train_source else splits.train))
+    check_prompt_chars(cfg.task, [*splits.train, *splits.validation])
+    return splits
+
+
+def check_prompt_chars(task: TaskConfig, rows: list[dict[str, Any]]) -> None:
+    """Refuse a row far longer than `task.max_prompt_tokens` before any model loads (the token
+    count itself is checked once the rows are tokenized, in `Worker.prepare`)."""
+    limit = task.max_prompt_tokens * CHARS_PER_TOKEN
+    column = task.columns.get("prompt")
+    for i, row in enumerate(rows):
+        text = row.get(column) if column else None
+        if isinstance(text, str) and len(text) > limit:
+            raise UserError(
+                f"task {task.name!r}: a prompt ({len(text)} characters, row {i}) cannot fit "
+                f"task.max_prompt_tokens={task.max_prompt_tokens} tokens; long rows are refused, "
+                "not truncated: shorten them or raise the limit"
+            )
 
 
 def run_trials(

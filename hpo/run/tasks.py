@@ -12,6 +12,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpo.core.columns import data_columns
 from hpo.core.config import KLConfig, TaskConfig
 from hpo.core.errors import UserError
 from hpo.core.paths import PKG_SCHEME, resolve_source
@@ -29,6 +30,8 @@ def _read_rows(source: str) -> list[Row]:
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     datasets.disable_progress_bars()
+    # A file it cannot parse is logged with a traceback before it raises: our one line says it.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     local = source.startswith(PKG_SCHEME) or os.path.exists(os.path.expanduser(source))
     try:
         if local:
@@ -47,7 +50,13 @@ def _read_rows(source: str) -> list[Row]:
         raise
     except Exception as e:  # datasets raises many types; all mean "cannot read this source"
         raise UserError(f"cannot read task.source {source!r}: {type(e).__name__}: {e}") from e
-    return [dict(row) for row in ds]
+    try:
+        return [dict(row) for row in ds]
+    except UnicodeDecodeError as e:  # arrow keeps invalid bytes until a value is read
+        raise UserError(
+            f"cannot read task.source {source!r}: it must be UTF-8, got {e.reason} at byte "
+            f"{e.start} of a value"
+        ) from e
 
 
 @dataclass
@@ -65,21 +74,38 @@ class TaskSplits:
         return self._test
 
 
-def _checked_rows(task: str, source: str, columns: dict[str, str], key: str) -> list[Row]:
+def _checked_rows(task: str, source: str, columns: dict[str, Any], key: str) -> list[Row]:
     rows = _read_rows(source)
     if not rows:
         raise UserError(f"task {task!r}: source {source!r} has no rows")
-    for role, column in columns.items():
-        if column not in rows[0]:
-            raise UserError(
-                f"task {task!r}: column {column!r} (task.{key}.{role}) is missing from "
-                f"{source!r}; columns present: {sorted(rows[0])}"
-            )
+    _check_present(task, source, columns, key, rows[0])
     return rows
 
 
-def _check_template(cfg: TaskConfig, row: Row) -> None:
+def _check_present(task: str, source: str, columns: dict[str, Any], key: str, row: Row) -> None:
+    """Every data column the roles read is in `row` (lists flattened, constants left out)."""
+    for role, column in data_columns(columns, row):
+        if column not in row:
+            raise UserError(
+                f"task {task!r}: column {column!r} (task.{key}.{role}) is missing from "
+                f"{source!r}; columns present: {sorted(row)}"
+            )
+
+
+def same_source(a: str, b: str) -> bool:
+    """Whether two task sources name the same data (the same file, or the same Hub id)."""
+    if a == b:
+        return True
+    try:
+        return resolve_source(a).resolve() == resolve_source(b).resolve()
+    except UserError:  # a Hub id, or a path that does not exist: only equal strings match
+        return False
+
+
+def _check_template(cfg: TaskConfig, row: Row, where: str = "") -> None:
     known = {"prompt", *row} | ({"options"} if cfg.objective.kind == "multiple_choice" else set())
+    if where:  # a separate train_source: its rows fill the train prompts' fields
+        known = {"prompt", *row}
     for _, name, _, _ in string.Formatter().parse(cfg.prompt_template):
         if name == "" or (name is not None and name.isdigit()):
             raise UserError(
@@ -88,8 +114,8 @@ def _check_template(cfg: TaskConfig, row: Row) -> None:
             )
         if name is not None and name not in known:
             raise UserError(
-                f"task {cfg.name!r}: task.prompt_template names an unknown field {{{name}}}; "
-                f"fields: {sorted(known)}"
+                f"task {cfg.name!r}: task.prompt_template names an unknown field {{{name}}}"
+                f"{where}; fields: {sorted(known)}"
             )
 
 
@@ -122,7 +148,11 @@ def load_task(cfg: TaskConfig) -> TaskSplits:
     if cfg.limit is not None:
         rows = rows[: cfg.limit]
     sizes = cfg.splits
-    separate = cfg.train_source is not None
+    # train_source naming the source itself: train rows are a split of it, disjoint from the rest.
+    shared = cfg.train_source is not None and same_source(cfg.train_source, cfg.source)
+    if shared:
+        _check_present(cfg.name, cfg.source, cfg.train_columns, "train_columns", rows[0])
+    separate = cfg.train_source is not None and not shared
     need = sizes.validation + sizes.test + (0 if separate else sizes.train)
     parts = "validation+test" if separate else "train+validation+test"
     if len(rows) < need:
@@ -132,8 +162,11 @@ def load_task(cfg: TaskConfig) -> TaskSplits:
         )
     order = list(range(len(rows)))
     random.Random(sizes.seed).shuffle(order)
-    if cfg.train_source is not None:
+    if cfg.train_source is not None and separate:
         pairs = _checked_rows(cfg.name, cfg.train_source, cfg.train_columns, "train_columns")
+        if cfg.train_template:
+            where = " of the train_source rows (task.train_template=false: raw prompts)"
+            _check_template(cfg, pairs[0], where)
         if len(pairs) < sizes.train:
             raise UserError(
                 f"task {cfg.name!r}: splits.train={sizes.train} but train_source has "

@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 import torch
 
+from hpo.core.chance import CHANCE_ATTR, CHANCE_BIAS_ATTR, below_chance, format_bias_message
 from hpo.core.errors import TrialFailure, UserError
 from hpo.core.objective_metrics import SCORE, metric_values, pick_values, study_metrics
 from hpo.core.record import (
@@ -105,6 +106,22 @@ class SteeringObjective:
 
         return report
 
+    def _check_chance(self, study: optuna.Study, result: ScoreResult) -> None:
+        """Record the chance level at study start and report a baseline below it."""
+        if "chance" not in result.extras:
+            return
+        study.set_user_attr(CHANCE_ATTR, float(result.extras["chance"]))
+        cfg = self.worker.cfg
+        below = below_chance(result.per_item, result.extras["chance_items"], cfg.study.seed)
+        if below is not None:
+            objective = cfg.task.objective
+            chance = result.extras["chance"]
+            message = format_bias_message(
+                objective.kind, result.value, chance, below, objective.loglik
+            )
+            study.set_user_attr(CHANCE_BIAS_ATTR, message)
+            log.warning("validation: %s", message)
+
     def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         worker = self.worker
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR, False))
@@ -142,6 +159,8 @@ class SteeringObjective:
             )  # e.g. n_unparsed: answers that could not be read
         if "accuracy" in result.extras:
             trial.set_user_attr("accuracy", round(float(result.extras["accuracy"]), 6))
+        if "chance" in result.extras:  # choice kinds: the score of uniform answers
+            trial.set_user_attr("chance", round(float(result.extras["chance"]), 6))
         if "constraints" in result.extras:
             # Optuna's constrained optimization: samplers favour feasible trials (all <= 0).
             for name, value in result.extras["constraints"].items():
@@ -165,6 +184,7 @@ class SteeringObjective:
         if is_baseline:
             study.set_user_attr(BASELINE_VALUE_ATTR, values[0])
             study.set_user_attr(BASELINE_METRICS_ATTR, named)
+            self._check_chance(study, result)
         base_metrics = study.user_attrs.get(BASELINE_METRICS_ATTR) or {}
         for name, value in named.items():
             if name != SCORE and name in base_metrics:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from hpo.core.config import RunConfig
+from hpo.core.errors import UserError
 from hpo.model.decoding import chat_prompt
 from hpo.model.loading import LoadedModel
 from hpo.run.tasks import kl_prompts
@@ -93,6 +94,15 @@ class Worker:
     def prepare(self, rows: list[Any]) -> Any:
         """Tokenize a split once; cache its unsteered prompt prefix when the space can reuse it."""
         prepared = self.objective.prepare(rows)
+        ids = getattr(prepared, "token_ids", None) or getattr(prepared, "prompt_ids", None) or []
+        limit = self.cfg.task.max_prompt_tokens
+        longest = max((len(x) for x in ids), default=0)
+        if longest > limit:
+            raise UserError(
+                f"task {self.cfg.task.name!r}: a prompt has {longest} tokens, more than "
+                f"task.max_prompt_tokens={limit}; long rows are refused, not truncated: shorten "
+                "them or raise the limit"
+            )
         prefix = bool(PREFIX_POSITIONS & set(self.cfg.search_space.positions))
         self.objective.precompute(self.loaded.model, prepared, prefix)
         return prepared

@@ -8,8 +8,8 @@ from unittest import mock
 import pytest
 import torch
 
-from hpo.steering import activations
 from hpo.model.loading import LoadedModel
+from hpo.steering import activations
 from hpo.steering.activations import load_or_build
 from hpo.steering.methods import build_vector, caa
 from objectives import ContrastivePair

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from hpo.export.bundle import STEERING_JSON, sha256_file
 from hpo.export.writer import pick_trial, write_bundle
 from hpo.model.loading import LoadedModel
 from hpo.steering.hooks import steer
-from tests.conftest import tokens
+from tests.conftest import run_readme_example, tokens
 from tests.hpo_tests.test_study import run_study, tiny_run
 
 
@@ -180,17 +177,7 @@ def test_readme_python_example_runs_on_a_base_model(
     meta = json.loads((target / STEERING_JSON).read_text())
     meta["model"] |= {"name_or_path": str(base_model_dir), "gguf_file": None}
     (target / STEERING_JSON).write_text(json.dumps(meta))
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    found = re.search(r"```python\n(import hpo\n.*?)```", readme, re.S)
-    assert found, "README lost its hpo.load_bundle example"
-    proc = subprocess.run(
-        [sys.executable, "-c", found.group(1)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
+    proc = run_readme_example(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r"^steered: {3}.+$", proc.stdout, re.M), proc.stdout
     assert re.search(r"^unsteered: .+$", proc.stdout, re.M), proc.stdout

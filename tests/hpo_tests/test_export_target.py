@@ -164,3 +164,24 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_a_bundle_from_before_the_marker_is_replaced_with_force_only(tmp_path: Path) -> None:
+    target = tmp_path / "bundle"
+    (target / "vectors").mkdir(parents=True)
+    (target / "vectors" / "v.safetensors").write_text("old")
+    meta = {"package": {"name": "steering-hpo"}, "sha256": {"vectors/v.safetensors": "0" * 64}}
+    (target / "steering.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="already holds a bundle"):
+        check_target(target, force=False)
+    publish(staged(target), target, force=True)
+    assert (target / MARKER).is_file()
+    assert not (target / "vectors" / "v.safetensors").exists()
+
+
+def test_a_foreign_steering_json_does_not_make_a_folder_a_bundle(tmp_path: Path) -> None:
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "steering.json").write_text(json.dumps({"sha256": {}}))
+    with pytest.raises(UserError, match=r"no \.hpo-bundle marker"):
+        check_target(target, force=True)

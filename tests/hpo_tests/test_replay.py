@@ -116,7 +116,7 @@ def test_bundles_replay_every_trial_score_exactly(
     for trial in study.get_trials():
         if trial.user_attrs.get("baseline"):
             continue
-        path = write_bundle(worker, study, pick_trial(study, trial.number), out / "b")
+        path = write_bundle(worker, study, pick_trial(study, trial.number), out / "b", force=True)
         meta = json.loads((path / STEERING_JSON).read_text())
         bundle = load_bundle(path)
         assert bundle.mode == trial.params["mode"] == meta["application"]["mode"]

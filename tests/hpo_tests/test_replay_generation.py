@@ -63,7 +63,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             continue
         positions = trial.params["positions"]
         # Written as they are, feasible or not: replay must hold for any bundle.
-        paths[positions] = write_bundle(worker, study, trial, out / positions)
+        paths[positions] = write_bundle(worker, study, trial, out / positions, force=True)
     return {"cfg": cfg, "study": study, "worker": worker, "paths": paths}
 
 

@@ -55,6 +55,7 @@ def test_every_chart_has_a_title_and_axis_labels(study: optuna.Study) -> None:
     assert any(list(line.get_ydata()) == [baseline, baseline] for line in lines)
     legend = [t.get_text() for t in figs["history"].axes[0].get_legend().texts]
     assert f"baseline (alpha = 0) {baseline:.4f}" in legend
+    assert "chance (uniform answers) 0.5000" in legend  # A/B: the level of uniform answers
     main, colorbar = figs["layer_alpha"].axes
     assert main.get_title().startswith("Validation score over layer x alpha")
     assert main.get_xlabel() == "layer (0-based decoder block whose output is steered)"
