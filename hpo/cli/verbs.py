@@ -125,8 +125,7 @@ def _check_export_target(cfg: RunConfig) -> None:
 def _choose(cfg: RunConfig, study: Any) -> tuple[Any, Any]:
     """The trial to export and the rule that picked it (no model needed)."""
     from hpo.core.objective_metrics import is_multi
-    from hpo.core.selection import parse_rule
-    from hpo.export.writer import pick_trial
+    from hpo.core.selection import parse_rule, pick_trial
 
     rule = None
     if cfg.export.rule is not None or is_multi(cfg.task.objective):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from hpo.core.config import ExportRule, ObjectiveConfig
 from hpo.core.errors import UserError
@@ -26,7 +26,7 @@ from hpo.core.objective_metrics import (
     study_metrics,
     trial_metrics,
 )
-from hpo.core.record import is_baseline, steered_trials
+from hpo.core.record import is_baseline, is_feasible, steered_trials
 
 CONDITION = re.compile(r"^\s*(<=|>=|<|>|==)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 OPS: dict[str, Callable[[float, float], bool]] = {
@@ -147,3 +147,43 @@ def pick_by_rule(study: optuna.Study, rule: Rule) -> FrozenTrial:
         )
     sign = rule.metric.sign
     return max(admitted, key=lambda t: (sign * values[t.number][rule.metric.name], -t.number))
+
+
+def pick_trial(study: optuna.Study, number: int | None, rule: Rule | None = None) -> FrozenTrial:
+    """`export.trial` if given, else the trial `rule` picks (see `selection`), else the best
+    COMPLETE feasible steered (non-baseline) trial (multi-objective: best main metric on
+    the front).
+
+    Raises:
+        UserError: the named trial does not exist or did not complete, or nothing completed, or
+            no trial satisfies the rule.
+    """
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if number is not None:
+        for t in complete:
+            if t.number == number:
+                if not is_feasible(t):
+                    raise UserError(
+                        f"export.trial={number} is infeasible (it breaks its constraints, "
+                        f"fluency or kl: {t.constraints}); pick a feasible one"
+                    )
+                return t
+        raise UserError(
+            f"export.trial must be a COMPLETE trial of study {study.study_name!r}, got {number}; "
+            f"complete trials: {[t.number for t in complete]}"
+        )
+    if rule is not None:
+        return pick_by_rule(study, rule)
+    if len(study.directions) > 1:
+        names = study.metric_names or ["score"]
+        main = Metric(names[0], study.directions[0].name.lower())
+        return pick_by_rule(study, Rule(main))
+    feasible = steered_trials(study)
+    if not feasible:
+        n_steered = len(steered_trials(study, feasible=None))
+        raise UserError(
+            f"study {study.study_name!r} has no completed, feasible steered trial to export "
+            f"({n_steered} steered, {n_steered - len(feasible)} infeasible)"
+        )
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return (max if maximize else min)(feasible, key=lambda t: float(t.value))  # type: ignore[arg-type]

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from hpo import BundleError, load_bundle
+from hpo.core.selection import pick_trial
 from hpo.export.bundle import STEERING_JSON, sha256_file
-from hpo.export.writer import pick_trial, write_bundle
+from hpo.export.writer import write_bundle
 from hpo.model.loading import LoadedModel
 from hpo.steering.hooks import steer
 from tests.conftest import run_readme_example, tokens

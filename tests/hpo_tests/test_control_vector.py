@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from hpo import load_bundle
+from hpo.core.selection import pick_trial
 from hpo.export.control_vector import (
     ControlVectorError,
     model_hint,
     read_control_vector,
     write_control_vector,
 )
-from hpo.export.writer import pick_trial, write_bundle
+from hpo.export.writer import write_bundle
 from tests.conftest import unit
 from tests.hpo_tests.test_study import run_study, tiny_run
 

@@ -136,8 +136,9 @@ def test_a_target_under_a_file_is_refused(tmp_path: Path) -> None:
 def test_write_bundle_refuses_an_earlier_bundle_then_replaces_it_with_force(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    from hpo.core.selection import pick_trial
     from hpo.export.bundle import STEERING_JSON, load_bundle
-    from hpo.export.writer import pick_trial, write_bundle
+    from hpo.export.writer import write_bundle
     from tests.hpo_tests.test_study import run_study, tiny_run
 
     study, worker = run_study(tiny_run(tiny_model_dir, tmp_path))

@@ -14,9 +14,9 @@ from optuna.trial import TrialState
 
 from hpo import ExportRule, ObjectiveConfig, RunConfig, UserError
 from hpo.core.objective_metrics import study_metrics
-from hpo.core.selection import Rule, parse_rule, pick_by_rule, values_of
+from hpo.core.selection import Rule, parse_rule, pick_by_rule, pick_trial, values_of
 from hpo.export.bundle import STEERING_JSON
-from hpo.export.writer import pick_trial, write_bundle
+from hpo.export.writer import write_bundle
 from hpo.monitor.status import render_status
 from hpo.run.study import check_config, open_study, prepare_worker, run_trials
 from tests.conftest import compose_run, tiny_overrides

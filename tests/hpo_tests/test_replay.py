@@ -14,8 +14,9 @@ import torch
 from optuna.trial import TrialState
 
 from hpo import ADD_MODES, AGGREGATIONS, METHODS, MODES, POSITIONS, load_bundle
+from hpo.core.selection import pick_trial
 from hpo.export.bundle import STEERING_JSON
-from hpo.export.writer import pick_trial, write_bundle
+from hpo.export.writer import write_bundle
 from hpo.run.worker import PREFIX_POSITIONS
 from tests.hpo_tests.test_study import run_study, tiny_run
 

@@ -12,7 +12,8 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo import RunConfig, TrialFailure, UserError
-from hpo.export.writer import pick_trial, write_bundle
+from hpo.core.selection import pick_trial
+from hpo.export.writer import write_bundle
 from hpo.monitor.publisher import Publisher
 from hpo.run.study import check_config, open_study, prepare_worker, run_trials
 from hpo.run.tasks import TaskSplits

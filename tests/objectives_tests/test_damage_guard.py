@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from hpo.core.chance import CHANCE_ATTR, towards_chance_message
 from hpo.core.record import BASELINE_ATTR
-from hpo.export.writer import measure
+from hpo.export.measure import measure
 from hpo.run.study import check_config, open_study, prepare_worker, run_trials
 from tests.conftest import compose_run
 from tests.qa_task import write_qa

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from hpo import UserError
 from hpo.core.record import BASELINE_ATTR
-from hpo.export.writer import pick_trial
+from hpo.core.selection import pick_trial
 from hpo.model.loading import LoadedModel
 from hpo.run.study import check_config, open_study, prepare_worker, run_trials
 from objectives.fluency import distinct2, perplexities

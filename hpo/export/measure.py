@@ -1,0 +1,256 @@
+"""Measure a winner on the held-out test split: steered vs unsteered with intervals, every side
+metric, the recorded samples that replay token for token, and what llama.cpp's every-position
+control vector does. The test split is read here and only here, after the winner is chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from hpo.core.chance import CHANCE_BIAS_ATTR, chance_report
+from hpo.core.objective_metrics import metric_values
+from hpo.core.record import BASELINE_METRICS_ATTR, BASELINE_VALUE_ATTR
+from hpo.core.selection import values_of
+from hpo.core.stats import bootstrap_diff_ci
+from hpo.model.decoding import complete_each
+from hpo.run.tasks import load_task
+from hpo.run.worker import Plan, Worker
+from hpo.steering.hooks import steer_with
+
+# Test prompts whose continuations the bundle records (and `hpo generate replay=true` replays).
+N_SAMPLES = 3
+
+
+def _compare(
+    steered: dict[str, float],
+    baseline: dict[str, float],
+    steered_items: dict[str, list[float]],
+    baseline_items: dict[str, list[float]],
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """Per metric: steered, baseline, difference, n and (paired items on both sides) a 95% CI."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in steered.items():
+        entry: dict[str, Any] = {"steered": value, "baseline": baseline.get(name)}
+        if entry["baseline"] is not None:
+            entry["difference"] = value - entry["baseline"]
+        a, b = steered_items.get(name), baseline_items.get(name)
+        if a and b and len(a) == len(b):
+            entry["n"] = len(a)
+            entry["ci95"] = list(bootstrap_diff_ci(a, b, seed=seed))
+        out[name] = entry
+    return out
+
+
+@dataclass
+class TestSplit:
+    """The held-out test split, read and prepared once per export."""
+
+    rows: list[Any]
+    prepared: Any
+
+    @classmethod
+    def load(cls, worker: Worker) -> TestSplit:
+        """Read the task's test rows and prepare them (tokenized; unsteered reference run)."""
+        rows = load_task(worker.cfg.task).test()
+        return cls(rows, worker.prepare(rows))
+
+
+def measure(
+    worker: Worker,
+    trial: FrozenTrial,
+    study: optuna.Study,
+    test: TestSplit | None = None,
+    plan: Plan | None = None,
+) -> dict[str, Any]:
+    """Validation (from the study) and held-out test metrics, steered vs unsteered.
+
+    `steered` / `baseline` are the objective's score; `metrics` holds every named metric
+    (score, kl, tokens, fluency) with its baseline and, on the test split, n and a bootstrap 95%
+    interval of the difference where per-item values exist.
+    """
+    test = TestSplit.load(worker) if test is None else test
+    plan = worker.plan(trial.params) if plan is None else plan
+    test_rows, prepared = test.rows, test.prepared
+    steered = worker.score(plan, prepared, split="test")
+    baseline = worker.baseline_result(prepared, "test")
+    seed = worker.cfg.study.seed
+    lo, hi = bootstrap_diff_ci(steered.per_item, baseline.per_item, seed=seed)
+    per_letter_val = {
+        k[len("letter_") :]: v for k, v in trial.user_attrs.items() if k.startswith("letter_")
+    }
+    test_letters = {"steered": steered.per_letter, "baseline": baseline.per_letter}
+    warnings = honesty_warnings(lo, hi, test_letters)
+    chance = chance_report(
+        worker.cfg.task.objective,
+        steered.value,
+        baseline.per_item,
+        baseline.extras.get("chance_items"),
+        seed,
+        study.user_attrs.get(CHANCE_BIAS_ATTR),
+    )
+    warnings += chance.pop("warnings", [])
+    extra: dict[str, Any] = {}
+    if "texts" in steered.extras:
+        extra["samples"] = replay_samples(worker, plan, test_rows, prepared)
+    if "counts" in steered.extras:  # answers that could not be parsed (scored as wrong)
+        extra["unparsed"] = {
+            "steered": steered.extras["counts"],
+            "baseline": baseline.extras.get("counts", {}),
+        }
+    if "per_item_accuracy" in steered.extras and "per_item_accuracy" in baseline.extras:
+        s_acc, b_acc = steered.extras["per_item_accuracy"], baseline.extras["per_item_accuracy"]
+        a_lo, a_hi = bootstrap_diff_ci(s_acc, b_acc, seed=worker.cfg.study.seed)
+        extra["accuracy"] = {
+            "steered": steered.extras["accuracy"],
+            "baseline": baseline.extras["accuracy"],
+            "ci95": [a_lo, a_hi],
+        }
+    constraints = steered.extras.get("constraints", {})
+    feasible = all(v <= 0 for v in constraints.values())
+    if "fluency" in steered.extras:
+        extra["fluency"] = {
+            "steered": steered.extras["fluency"],
+            "baseline": getattr(prepared, "reference", {}),
+            "feasible": feasible,
+        }
+    if not feasible:
+        warnings.append(f"on the test split the winner breaks the constraints {constraints}")
+    val_metrics = values_of(trial)
+    val_base = study.user_attrs.get(BASELINE_METRICS_ATTR) or {}
+    test_metrics = _compare(
+        metric_values(steered.value, steered.metrics),
+        metric_values(baseline.value, baseline.metrics),
+        {"score": steered.per_item, **steered.metric_items},
+        {"score": baseline.per_item, **baseline.metric_items},
+        seed,
+    )
+    return {
+        "warnings": warnings,
+        **chance,
+        "validation": {
+            "steered": val_metrics.get("score", trial.values[0] if trial.values else None),
+            "baseline": val_base.get("score", study.user_attrs.get(BASELINE_VALUE_ATTR)),
+            "n": worker.cfg.task.splits.validation,
+            "per_letter": per_letter_val,
+            "metrics": _compare(val_metrics, val_base, {}, {}, seed),
+        },
+        "test": {
+            "steered": steered.value,
+            "baseline": baseline.value,
+            "n": steered.n,
+            "difference": steered.value - baseline.value,
+            "ci95": [lo, hi],
+            "per_letter": test_letters,
+            "metrics": test_metrics,
+            **extra,
+        },
+    }
+
+
+def replay_samples(
+    worker: Worker, plan: Plan, rows: list[Any], prepared: Any, n: int = N_SAMPLES
+) -> list[dict[str, Any]]:
+    """The first `n` test prompts generated unsteered and steered, one prompt at a time.
+
+    Alone (no padding), so `hpo generate replay=true` and `load_bundle(...).apply(model)` +
+    `model.generate` reproduce them token for token: each sample keeps the exact prompt text and
+    both continuations' token ids. `correct` (tasks with a gold answer) scores these texts.
+    """
+    cfg, loaded = worker.cfg, worker.loaded
+    objective: Any = worker.objective
+    ids = prepared.token_ids[:n]
+    stop = cfg.task.objective.stop or None
+    budget = cfg.task.objective.max_new_tokens
+    plain = complete_each(loaded.model, loaded.tokenizer, ids, budget, stop_strings=stop)
+    with steer_with(loaded.model, loaded.blocks, plan.vectors, plan.application) as handle:
+        steered = complete_each(loaded.model, loaded.tokenizer, ids, budget, handle, stop)
+    column = cfg.task.columns["prompt"]
+    samples = []
+    for i, (row, (u_ids, u_text), (s_ids, s_text)) in enumerate(
+        zip(rows, plain, steered, strict=False)
+    ):
+        sample: dict[str, Any] = {
+            "prompt": str(row[column]),
+            "text": prepared.prompts[i],
+            "unsteered": u_text.strip(),
+            "steered": s_text.strip(),
+            "unsteered_ids": u_ids,
+            "steered_ids": s_ids,
+        }
+        refs = getattr(prepared, "references", None) or []
+        if i < len(refs) and refs[i] is not None:
+            sample["reference"] = refs[i]
+            sample["correct"] = {
+                "unsteered": objective.scorer(u_text, refs[i]).value,
+                "steered": objective.scorer(s_text, refs[i]).value,
+            }
+        samples.append(sample)
+    return samples
+
+
+def everywhere(worker: Worker, plan: Plan, test: TestSplit) -> dict[str, Any]:
+    """The winner scored on the test split with the vector at every position (`positions: all`).
+
+    That is what llama.cpp's control vector does, whatever positions the study chose: its
+    score, every side metric (KL, fluency) and feasibility, so a GGUF user knows what to expect.
+    """
+    plan = dataclasses.replace(plan, application=plan.application.at("all"))
+    steered = worker.score(plan, test.prepared, split="test")
+    baseline = worker.baseline_result(test.prepared, "test")
+    seed = worker.cfg.study.seed
+    lo, hi = bootstrap_diff_ci(steered.per_item, baseline.per_item, seed=seed)
+    constraints = steered.extras.get("constraints", {})
+    out: dict[str, Any] = {
+        "positions": "all",
+        "steered": steered.value,
+        "baseline": baseline.value,
+        "n": steered.n,
+        "difference": steered.value - baseline.value,
+        "ci95": [lo, hi],
+        "feasible": all(v <= 0 for v in constraints.values()),
+        "metrics": _compare(
+            metric_values(steered.value, steered.metrics),
+            metric_values(baseline.value, baseline.metrics),
+            {"score": steered.per_item, **steered.metric_items},
+            {"score": baseline.per_item, **baseline.metric_items},
+            seed,
+        ),
+    }
+    if "fluency" in steered.extras:
+        out["fluency"] = steered.extras["fluency"]
+    if "texts" in steered.extras:
+        column = worker.cfg.task.columns["prompt"]
+        out["samples"] = [
+            {"prompt": str(row[column]), "steered": text}
+            for row, text in zip(test.rows[:N_SAMPLES], steered.extras["texts"], strict=False)
+        ]
+    return out
+
+
+def honesty_warnings(
+    lo: float, hi: float, per_letter: dict[str, dict[str, float]], tol: float = 0.02
+) -> list[str]:
+    """Why a user should not trust a gain: inside the noise, or a shifted letter prior."""
+    warnings = []
+    if lo <= 0.0 <= hi:
+        warnings.append(
+            f"the test difference's 95% interval [{lo:+.4f}, {hi:+.4f}] contains 0: "
+            "the gain may be noise"
+        )
+    moves = {
+        k: per_letter["steered"][k] - per_letter["baseline"].get(k, 0.0)
+        for k in per_letter["steered"]
+    }
+    if any(m > tol for m in moves.values()) and any(m < -tol for m in moves.values()):
+        shown = ", ".join(f"{k}: {m:+.3f}" for k, m in moves.items())
+        warnings.append(
+            f"per-letter scores move in opposite directions ({shown}): the vector shifts the "
+            "letter prior rather than the behaviour"
+        )
+    return warnings
