@@ -27,6 +27,7 @@ MODULES = (
     "throughput",
     "methods",
     "workers",
+    "attribution",
 )
 
 

@@ -4,6 +4,11 @@ The space is conditional: `alpha` is sampled only for the add modes (`ablate` re
 direction and has no strength to search), so TPE should run with `group=True`. Trial params
 hold only what was sampled; `resolve` completes them (defaults of absent dimensions, derived
 params) and is the one function a trial and an export both call, so a bundle replays the trial.
+
+Seed 003's dimensions are sampled only when the space asks for them (a space without them samples
+exactly as before): `site` first (`residual` or `heads`); a heads trial samples `head_ratio` (or
+`heads_top_k`), `head_point` and `head_mode` instead of layer, window, method and mode. The gates
+(`trigger`, `probe_gate` and its `gate_threshold`) apply to both sites.
 """
 
 from __future__ import annotations
@@ -21,10 +26,23 @@ from optuna.distributions import (
 
 from hpo.core.config import SearchSpaceConfig
 from hpo.core.errors import UserError
-from hpo.core.vocabulary import ADD_MODES, AGGREGATIONS, ALPHA_SCALES, METHODS, MODES, POSITIONS
+from hpo.core.vocabulary import (
+    ADD_MODES,
+    AGGREGATIONS,
+    ALPHA_SCALES,
+    HEAD_MODES,
+    HEAD_POINTS,
+    METHODS,
+    MODES,
+    POSITIONS,
+    PROBE_GATES,
+    SITES,
+)
 from search_spaces._derived import Derived, layer_scale, parse_derived
 
 PARAMS = ("layer", "window", "mode", "alpha", "aggregation", "method", "positions")
+HEAD_PARAMS = ("site", "head_ratio", "heads_top_k", "head_point", "head_mode")
+GATE_PARAMS = ("trigger", "probe_gate", "gate_threshold")
 LAYER_ALPHA = "layer_alpha"
 # Alpha of an `ablate` trial: the whole component along the direction is removed.
 ABLATE_ALPHA = 1.0
@@ -120,6 +138,42 @@ def validate(space: SearchSpaceConfig, num_layers: int) -> None:
     for derived in derived_params(space):
         for values in _corners(space):
             derived.evaluate(values)
+    _validate_heads_and_gates(space)
+
+
+def _validate_heads_and_gates(space: SearchSpaceConfig) -> None:
+    _check_subset("site", space.site, SITES)
+    _check_subset("head_point", space.head_point, HEAD_POINTS)
+    _check_subset("head_mode", space.head_mode, HEAD_MODES)
+    _check_subset("probe_gate", space.probe_gate, PROBE_GATES)
+    ratio = space.head_ratio
+    if not 0.0 < ratio.low <= ratio.high <= 1.0:
+        raise UserError(
+            "search_space.head_ratio must satisfy 0 < low <= high <= 1, "
+            f"got low={ratio.low}, high={ratio.high}"
+        )
+    top_k = space.heads_top_k
+    if top_k is not None and not 1 <= top_k.low <= top_k.high:
+        raise UserError(
+            "search_space.heads_top_k must satisfy 1 <= low <= high, "
+            f"got low={top_k.low}, high={top_k.high}"
+        )
+    threshold = space.gate_threshold
+    if not 0.0 < threshold.low <= threshold.high < 1.0:
+        raise UserError(
+            "search_space.gate_threshold must satisfy 0 < low <= high < 1, "
+            f"got low={threshold.low}, high={threshold.high}"
+        )
+    if not space.trigger or len(set(space.trigger)) != len(space.trigger):
+        raise UserError(
+            "search_space.trigger must list distinct patterns ('' = no trigger), "
+            f"got {space.trigger}"
+        )
+
+
+def _searched(values: list[str], default: str) -> bool:
+    """Whether a seed-003 dimension is in the space (anything but its one default value)."""
+    return list(values) != [default]
 
 
 def _corners(space: SearchSpaceConfig) -> list[dict[str, float]]:
@@ -154,6 +208,21 @@ def distributions(space: SearchSpaceConfig) -> dict[str, BaseDistribution]:
     out["positions"] = CategoricalDistribution(list(space.positions))
     out["mode"] = CategoricalDistribution(list(space.mode))
     out["alpha"] = FloatDistribution(space.alpha.low, space.alpha.high, log=space.alpha.log)
+    if _searched(space.site, "residual"):
+        out["site"] = CategoricalDistribution(list(space.site))
+    if "heads" in space.site:
+        if space.heads_top_k is not None:
+            out["heads_top_k"] = IntDistribution(space.heads_top_k.low, space.heads_top_k.high)
+        else:
+            out["head_ratio"] = FloatDistribution(space.head_ratio.low, space.head_ratio.high)
+        out["head_point"] = CategoricalDistribution(list(space.head_point))
+        out["head_mode"] = CategoricalDistribution(list(space.head_mode))
+    if _searched(space.trigger, ""):
+        out["trigger"] = CategoricalDistribution(list(space.trigger))
+    if _searched(space.probe_gate, "off"):
+        out["probe_gate"] = CategoricalDistribution(list(space.probe_gate))
+        low, high = space.gate_threshold.low, space.gate_threshold.high
+        out["gate_threshold"] = FloatDistribution(low, high)
     return out
 
 
@@ -164,6 +233,21 @@ def suggest(
 
     `baseline`: the enqueued unsteered trial, which asks for its fixed alpha = 0 in any mode.
     """
+    site = "residual"
+    if _searched(space.site, "residual"):
+        site = trial.suggest_categorical("site", list(space.site))
+    if site == "heads":
+        if space.heads_top_k is not None:
+            trial.suggest_int("heads_top_k", space.heads_top_k.low, space.heads_top_k.high)
+        else:
+            trial.suggest_float("head_ratio", space.head_ratio.low, space.head_ratio.high)
+        trial.suggest_categorical("head_point", list(space.head_point))
+        trial.suggest_categorical("head_mode", list(space.head_mode))
+        trial.suggest_float("alpha", space.alpha.low, space.alpha.high, log=space.alpha.log)
+        trial.suggest_categorical("aggregation", list(space.aggregation))
+        trial.suggest_categorical("positions", list(space.positions))
+        _suggest_gates(trial, space)
+        return resolve(trial.params, space)
     if space.layer_sets:
         trial.suggest_categorical("layer_set", [set_name(s) for s in space.layer_sets])
     else:
@@ -177,7 +261,18 @@ def suggest(
     trial.suggest_categorical("aggregation", list(space.aggregation))
     trial.suggest_categorical("method", list(space.method))
     trial.suggest_categorical("positions", list(space.positions))
+    _suggest_gates(trial, space)
     return resolve(trial.params, space)
+
+
+def _suggest_gates(trial: optuna.Trial, space: SearchSpaceConfig) -> None:
+    if _searched(space.trigger, ""):
+        trial.suggest_categorical("trigger", list(space.trigger))
+    if _searched(space.probe_gate, "off"):
+        gate = trial.suggest_categorical("probe_gate", list(space.probe_gate))
+        if gate != "off":
+            low, high = space.gate_threshold.low, space.gate_threshold.high
+            trial.suggest_float("gate_threshold", low, high)
 
 
 def steered_layers(params: dict[str, Any]) -> list[int]:
@@ -193,8 +288,21 @@ def resolve(params: dict[str, Any], space: SearchSpaceConfig) -> dict[str, Any]:
     derived param is evaluated (those reading an absent symbol, e.g. alpha under ablate, skipped).
 
     Also accepts params of studies made before `mode` and `window` existed (add, one layer).
+    A heads trial resolves to method `caa` and its `head_mode` (no layer, window or derived
+    params: its layers come from the head ranking).
     """
     out = dict(params)
+    # Absent gates and site stay absent: a residual, ungated trial resolves as it always did.
+    if out.get("probe_gate", "off") != "off":
+        out.setdefault("gate_threshold", space.gate_threshold.low)
+    if out.get("site") == "heads":
+        if "heads_top_k" not in out:
+            out.setdefault("head_ratio", space.head_ratio.low)
+        out.setdefault("head_point", space.head_point[0])
+        out.setdefault("head_mode", space.head_mode[0])
+        out["mode"] = out["head_mode"]
+        out["method"] = "caa"
+        return out
     out.setdefault("mode", "add")
     if out["mode"] == "ablate":
         out.setdefault("alpha", ABLATE_ALPHA)
@@ -228,6 +336,22 @@ def layer_scales(params: dict[str, Any], space: SearchSpaceConfig) -> dict[int, 
 def baseline_params(space: SearchSpaceConfig) -> dict[str, Any]:
     """Params of the unsteered baseline trial: alpha = 0, the rest at a cheap valid value."""
     out: dict[str, Any] = {}
+    if "residual" not in space.site:
+        out.update(site="heads", head_point=space.head_point[0], head_mode=space.head_mode[0])
+        if space.heads_top_k is not None:
+            out["heads_top_k"] = space.heads_top_k.low
+        else:
+            out["head_ratio"] = space.head_ratio.low
+        out.update(
+            aggregation=space.aggregation[0],
+            positions="prompt_end_onward"
+            if "prompt_end_onward" in space.positions
+            else space.positions[0],
+            alpha=0.0,
+        )
+        return out | _baseline_gates(space)
+    if _searched(space.site, "residual"):
+        out["site"] = "residual"
     if space.layer_sets:
         out["layer_set"] = set_name(space.layer_sets[0])
     else:
@@ -244,4 +368,15 @@ def baseline_params(space: SearchSpaceConfig) -> dict[str, Any]:
         mode=adds[0] if adds else space.mode[0],
         alpha=0.0,
     )
+    return out | _baseline_gates(space)
+
+
+def _baseline_gates(space: SearchSpaceConfig) -> dict[str, Any]:
+    """The baseline's gates, off where the space allows it (else TPE would sample them for a
+    trial that steers nothing)."""
+    out: dict[str, Any] = {}
+    if _searched(space.trigger, "") and "" in space.trigger:
+        out["trigger"] = ""
+    if _searched(space.probe_gate, "off") and "off" in space.probe_gate:
+        out["probe_gate"] = "off"
     return out

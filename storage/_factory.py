@@ -17,7 +17,7 @@ import sqlalchemy
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
 from hpo.core.config import StorageConfig
 from hpo.core.errors import UserError
@@ -135,9 +135,16 @@ def _sqlite_pragmas(engine: sqlalchemy.Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _schema_race(e: SQLAlchemyError) -> bool:
+    """Whether `e` is another process creating the same new schema at the same moment: a table
+    created in between ("table ... already exists") or the version rows Optuna and alembic
+    stamp once (an IntegrityError: "UNIQUE constraint failed: alembic_version.version_num")."""
+    return isinstance(e, IntegrityError) or "already exists" in str(e)
+
+
 def _rdb_storage(cfg: StorageConfig, url: str, engine_kwargs: dict[str, Any]) -> RDBStorage:
     """`RDBStorage`, tried again when another process created the same new schema at the same
-    moment (two `hpo optimize` on a new SQLite file: "table ... already exists")."""
+    moment (two `hpo optimize` on a new SQLite file); the retry finds the schema complete."""
     for attempt in range(SCHEMA_RACE_ATTEMPTS):
         try:
             with warnings.catch_warnings():
@@ -150,7 +157,7 @@ def _rdb_storage(cfg: StorageConfig, url: str, engine_kwargs: dict[str, Any]) ->
                     heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=cfg.max_retry),
                 )
         except SQLAlchemyError as e:
-            if "already exists" not in str(e) or attempt == SCHEMA_RACE_ATTEMPTS - 1:
+            if not _schema_race(e) or attempt == SCHEMA_RACE_ATTEMPTS - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")

@@ -587,7 +587,7 @@ BUNDLES: list[Case] = [
     (
         "bundle-tensor-misnamed",
         lambda e: generate(e.bundle(tensors={"vec.1": torch.ones(HIDDEN)})),
-        r"tensors must be named layer.<number>, got 'vec.1'",
+        r"tensors must be named layer.<number> \(or gate.\*, trigger.ids\), got 'vec.1'",
     ),
     (
         "bundle-tensor-shape",

@@ -291,6 +291,11 @@ def test_dashboard_shows_study_trials_attrs_artifacts_and_note_in_a_browser(
             assert "SmolLM2-135M-Instruct.Q4_1.gguf" in note
             assert f"baseline\t{study.trials[0].value:.4f}" in note
             assert "hpo export output_dir=" in note
+            # After export the note tells the held-out result, its interval and warnings.
+            test = meta["metrics"]["test"]
+            assert "Exported" in note
+            assert f"Held-out test (n={test['n']}): {test['baseline']:.4f} -> " in note
+            assert f"difference {test['difference']:+.4f} [95% CI {test['ci95'][0]:+.4f}" in note
             page.screenshot(path=str(tmp_path / "dashboard_note.png"), full_page=True)
 
             page.goto(f"{base}/dashboard/studies/1")

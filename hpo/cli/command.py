@@ -1,7 +1,8 @@
 """The `hpo` console script: `hpo <verb> [--config-dir DIR] [key=value ...]`.
 
 Each verb composes its Hydra config (package `conf/` plus any `--config-dir`), validates it into
-dataclasses, and runs. Exit codes: 0 success, 2 user error (one line on stderr), 1 internal error.
+dataclasses, and runs. Exit codes: 0 success, 2 user error (one line on stderr), 1 internal error
+(one line naming the file that holds the traceback; `HPO_DEBUG=1` prints the traceback).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import logging
 import os
 import signal
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +24,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hpo.core.errors import UserError
 
+# Set to print an internal error's traceback instead of saving it to a file.
+DEBUG_ENV = "HPO_DEBUG"
+MAX_ERROR_CHARS = 300
+
 USAGE = """usage: hpo <verb> [--config-dir DIR] [--cfg] [key=value ...]
 
 verbs:
@@ -29,6 +36,7 @@ verbs:
   export     best trial (or export.trial=K) -> bundle, with held-out test metrics
   status     trials by state, baseline, best, failures
   report     plots of the study: PNG files + report.html (report.dir=...)
+  layers     per-layer attribution-patching effect: table + plot (no study)
   dashboard  optuna-dashboard on the study's storage, on 127.0.0.1 (dashboard.port=...)
   generate   bundle=DIR prompt="..." : unsteered vs steered completions
 
@@ -91,6 +99,26 @@ def _quiet_broken_pipe() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):  # not a real file (captured in tests)
         pass
+
+
+def _internal_error(verb: str, e: Exception) -> str:
+    """`<Type>: <message> (full traceback in <file>)`; with `HPO_DEBUG=1` the traceback is
+    printed here instead (CI logs, bug reports)."""
+    text = "".join(traceback.format_exception(e))
+    what = _one_line(f"{type(e).__name__}: {e}")
+    if len(what) > MAX_ERROR_CHARS:
+        what = what[: MAX_ERROR_CHARS - 3] + "..."
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        print(text, end="", file=sys.stderr)
+        return what
+    try:
+        name = verb if verb.isalpha() else "cli"  # user text never shapes the path
+        fd, path = tempfile.mkstemp(prefix=f"hpo-{name}-", suffix=".traceback.txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError:
+        return f"{what} (set {DEBUG_ENV}=1 for the full traceback)"
+    return f"{what} (full traceback in {path}; {DEBUG_ENV}=1 prints it)"
 
 
 def _setup_logging(level: str) -> None:
@@ -185,6 +213,7 @@ def _verbs() -> dict[str, tuple[str, Callable[[DictConfig, Sequence[str]], int]]
         "export": ("hpo", verbs.export),
         "status": ("hpo", verbs.status),
         "report": ("hpo", verbs.report),
+        "layers": ("hpo", verbs.layers),
         "dashboard": ("hpo", verbs.dashboard),
         "generate": ("generate", verbs.generate),
     }
@@ -237,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hpo {verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not the user's input: one line, the traceback in a file
+        print(f"hpo {verb}: internal error: {_internal_error(verb, e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

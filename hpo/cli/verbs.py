@@ -134,22 +134,37 @@ def _choose(cfg: RunConfig, study: Any) -> tuple[Any, Any]:
     return trial, rule
 
 
-def _export(cfg: RunConfig, study: Any, worker: Any, chosen: tuple[Any, Any] | None = None) -> int:
+# `hpo export` when the winner shows no held-out gain and `export.require_gain` is on: it ran
+# fine and found nothing to ship (like pytest's 5, "no tests collected"), so a script's
+# `hpo export && upload bundle/` stops there. `hpo optimize` exits 0: its study is done.
+NOTHING_TO_SHIP = 3
+
+
+def _export(
+    cfg: RunConfig,
+    study: Any,
+    worker: Any,
+    chosen: tuple[Any, Any] | None = None,
+    nothing_code: int = 0,
+) -> int:
     import json
 
     from hpo.export.bundle import STEERING_JSON
-    from hpo.export.writer import write_bundle
+    from hpo.export.writer import NothingToShip, write_bundle
+    from hpo.monitor.note import record_export
 
     trial, rule = chosen or _choose(cfg, study)
-    path = write_bundle(worker, study, trial, cfg.export.dir, rule, force=cfg.export.force)
-    _print_results(json.loads((path / STEERING_JSON).read_text()), path)
+    try:
+        path = write_bundle(worker, study, trial, cfg.export.dir, rule, force=cfg.export.force)
+    except NothingToShip as e:
+        print(f"nothing to ship: {e}")
+        measured = {"study": {"trial": trial.number, "params": trial.params}, "metrics": e.metrics}
+        record_export(study, measured, None, reason=str(e))
+        return nothing_code
+    meta = json.loads((path / STEERING_JSON).read_text())
+    _print_results(meta, path)
+    record_export(study, meta, path)  # the dashboard's note tells the held-out result
     return 0
-
-
-def _running_elsewhere(study: Any) -> bool:
-    from optuna.trial import TrialState
-
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def optimize(raw: DictConfig, args: Sequence[str] = ()) -> int:
@@ -159,22 +174,12 @@ def optimize(raw: DictConfig, args: Sequence[str] = ()) -> int:
     from hpo.run.study import check_config, open_study, prepare_worker, run_trials
 
     cfg = to_run_config(raw)
-    shared_rank = cfg.workers == 1 and cfg.worker_rank is None
-    if shared_rank:
-        cfg.worker_rank = 0  # in-process: reproducible sampler seed
     if cfg.export.enabled:
         _check_export_target(cfg)  # not after an hour of trials
     task = check_config(cfg)
     publisher = Publisher(cfg)
+    # sets cfg.worker_rank: 0 for the creator (reproducible), else one of this process's own
     study = open_study(cfg, on_create=publisher.describe)
-    if shared_rank and _running_elsewhere(study):
-        # Another `hpo optimize` runs this study: rank 0 would propose the same points as it.
-        cfg.worker_rank = None
-        log.info(
-            "another process runs study %r: this one seeds its sampler by host and pid",
-            study.study_name,
-        )
-        study = open_study(cfg)
     if cfg.workers > 1:
         from hpo.run.launcher import run_workers
 
@@ -187,7 +192,44 @@ def optimize(raw: DictConfig, args: Sequence[str] = ()) -> int:
     log.info("study done: baseline %s, best %s", _fmt(info["baseline"]), _fmt(info["best_value"]))
     if not cfg.export.enabled:
         return 0
-    return _export(cfg, study, worker or prepare_worker(cfg, task, validation=False))
+    chosen = _choose(cfg, study)
+    done = _exported_by_a_peer(cfg, study, chosen[0].number)
+    if done is not None:
+        print(
+            f"bundle      {done} (the same winner, trial {chosen[0].number}, "
+            "already exported by another process of this study)"
+        )
+        return 0
+    try:
+        return _export(cfg, study, worker or prepare_worker(cfg, task, validation=False), chosen)
+    except UserError:
+        done = _exported_by_a_peer(cfg, study, chosen[0].number)  # a peer won the race
+        if done is None:
+            raise
+        print(f"bundle      {done} (the same winner, exported by another process meanwhile)")
+        return 0
+
+
+def _exported_by_a_peer(cfg: RunConfig, study: Any, number: int) -> Path | None:
+    """`export.dir` when another `hpo optimize` of the same study (started alongside this one)
+    has already exported the same winning trial there, else None. Only without
+    `export.force`: a forced export replaces it as asked."""
+    import json
+
+    from hpo.export.bundle import STEERING_JSON
+    from hpo.export.target import bundle_files
+
+    target = Path(cfg.export.dir).expanduser()
+    if cfg.export.force or not target.is_dir() or bundle_files(target) is None:
+        return None
+    try:
+        meta = json.loads((target / STEERING_JSON).read_text(encoding="utf-8"))
+        written = meta["study"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if written.get("name") == study.study_name and written.get("trial") == number:
+        return target
+    return None
 
 
 def worker(raw: DictConfig, args: Sequence[str] = ()) -> int:
@@ -241,7 +283,8 @@ def export(raw: DictConfig, args: Sequence[str] = ()) -> int:
     study = open_study(cfg, create=False, join=False)
     stored = _stored_run_config(cfg, study)
     chosen = _choose(stored, study)  # an unknown or unfinished trial: before the model loads
-    return _export(stored, study, prepare_worker(stored, validation=False), chosen)
+    worker = prepare_worker(stored, validation=False)
+    return _export(stored, study, worker, chosen, nothing_code=NOTHING_TO_SHIP)
 
 
 def status(raw: DictConfig, args: Sequence[str] = ()) -> int:
@@ -278,14 +321,44 @@ def report(raw: DictConfig, args: Sequence[str] = ()) -> int:
     return 0
 
 
+def layers(raw: DictConfig, args: Sequence[str] = ()) -> int:
+    """`hpo layers`: each layer's attribution-patching effect (seed 002) on the task's train
+    pairs, as a table, a plot and JSON under `<output_dir>/layers/`; no study is made.
+
+    The vectors and positions are those `search_space.layer_selection` ranks a study with.
+    """
+    import json
+
+    from hpo.monitor.layer_plot import plot_layers, render_table
+    from hpo.run.layer_selection import candidate_layers, rank_layers
+    from hpo.run.study import check_config, prepare_worker
+
+    cfg = to_run_config(raw)
+    candidate_layers(cfg.search_space)  # a bad top_k fails before the model loads
+    task = check_config(cfg)
+    worker = prepare_worker(cfg, task, validation=False)
+    record = rank_layers(worker, task.train).record(cfg.search_space.layer_selection.top_k)
+    print(render_table(record))
+    out = Path(cfg.output_dir) / "layers"
+    title = f"{cfg.task.name}: attribution per layer ({record['method']}, {record['aggregation']})"
+    png = plot_layers(record, out / "attribution.png", title)
+    data = out / "attribution.json"
+    data.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"plot         {png}")
+    print(f"data         {data}")
+    return 0
+
+
 def dashboard(raw: DictConfig, args: Sequence[str] = ()) -> int:
     """`hpo dashboard`: optuna-dashboard on the study's storage, with its artifact store."""
+    from hpo.core.selection import parse_rule
     from hpo.monitor.dashboard import serve
     from hpo.monitor.note import refresh_note
     from hpo.run.study import open_study, storage_url
     from storage import create_storage, mask_url
 
     cfg = to_run_config(raw)
+    rule = parse_rule(cfg.export.rule, cfg.task.objective) if cfg.export.rule is not None else None
     url = storage_url(cfg)
     study = open_study(cfg, create=False, join=False)
     refresh_note(study)  # current baseline and best in the note
@@ -295,6 +368,7 @@ def dashboard(raw: DictConfig, args: Sequence[str] = ()) -> int:
         cfg.dashboard.port,
         cfg.artifacts_dir,
         mask_url(url),
+        rule,
     )
     return 0
 

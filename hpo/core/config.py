@@ -245,6 +245,31 @@ class FloatRange:
     log: bool = False
 
 
+LAYER_SELECTIONS = ("none", "narrow", "enqueue")
+
+
+@dataclass
+class LayerSelectionConfig:
+    """Attribution-patching layer choice (seed 002, `hpo layers`): before the first trial, each
+    layer's first-order effect of its vector on the train pairs' log-odds ranks the layers.
+
+    `mode`: `none`; `narrow` (the layer range becomes the `top_k`-wide window of the highest
+    predicted gain); `enqueue` (the `top_k` best layers run first, at half the favourable alpha
+    bound). `pairs`: train pairs used (null = all); `batch_size`: sequences per backward pass.
+    """
+
+    mode: str = "none"
+    top_k: int = 3
+    pairs: int | None = 64
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        _check_choice("search_space.layer_selection.mode", self.mode, LAYER_SELECTIONS)
+        _at_least("search_space.layer_selection.top_k", self.top_k)
+        _at_least("search_space.layer_selection.pairs", self.pairs)
+        _at_least("search_space.layer_selection.batch_size", self.batch_size)
+
+
 @dataclass
 class SearchSpaceConfig:
     """The search space: layer(s), alpha, aggregation, method, and how the vector is applied.
@@ -265,6 +290,19 @@ class SearchSpaceConfig:
     window: IntRange = field(default_factory=lambda: IntRange(1, 1))
     layer_sets: list[list[int]] = field(default_factory=list)
     derived: dict[str, str] = field(default_factory=lambda: {"layer_alpha": "alpha / window"})
+    # Attribution-patching layer choice before the first trial (`hpo layers` shows it).
+    layer_selection: LayerSelectionConfig = field(default_factory=LayerSelectionConfig)
+    # Seed 003: `site: [residual, heads]`; heads are the top `head_ratio` of all heads by probe
+    # accuracy (or the top `heads_top_k`), steered before or after the output projection.
+    site: list[str] = field(default_factory=lambda: ["residual"])
+    head_ratio: FloatRange = field(default_factory=lambda: FloatRange(0.38, 0.38))
+    heads_top_k: IntRange | None = None
+    head_point: list[str] = field(default_factory=lambda: ["pre_o_proj"])
+    head_mode: list[str] = field(default_factory=lambda: ["add"])
+    # Gates, off by default: `trigger` patterns ("" = none), `probe_gate` off/present/absent.
+    trigger: list[str] = field(default_factory=lambda: [""])
+    probe_gate: list[str] = field(default_factory=lambda: ["off"])
+    gate_threshold: FloatRange = field(default_factory=lambda: FloatRange(0.5, 0.5))
 
     def __post_init__(self) -> None:
         # The other rules need the model's layer count: `search_spaces.validate`.
@@ -383,6 +421,8 @@ class ExportConfig:
     rule: ExportRule | None = None
     # Replace the bundle an earlier export wrote in `dir` (never anything else).
     force: bool = False
+    # Ship only a winner whose held-out test gain's 95% interval excludes 0 (see README).
+    require_gain: bool = True
 
     def __post_init__(self) -> None:
         _at_least("export.trial", self.trial, 0)

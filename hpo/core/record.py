@@ -2,7 +2,10 @@
 
 The trial loop writes it; export, status, report, note, artifacts and the dashboard read it
 through these names only. Feasibility is what Optuna keeps in each trial's constraints
-(feasible when every value is <= 0); the `feasible` user attribute mirrors it for the dashboard.
+(feasible when every value is <= 0). `record_constraints` writes them twice: by name (Optuna 5's
+`set_constraint`) and as the list optuna-dashboard reads (the `constraints` system attribute,
+which Optuna also still reads), so the dashboard marks infeasible trials and leaves them out of
+its best-value line. The `feasible` user attribute mirrors it for the trial table.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ CONFIG_ATTR = "hpo_config"
 BASELINE_VALUE_ATTR = "baseline_value"
 # Every named metric of the baseline trial (study attr) / of a trial (trial attr), as a dict.
 BASELINE_METRICS_ATTR = "baseline_metrics"
+# What the last `hpo export` shipped (bundle, trial, held-out test result, warnings), for the note.
+EXPORTED_ATTR = "exported"
 # Trial attributes.
 BASELINE_ATTR = "baseline"
 METRICS_ATTR = "metrics"
@@ -42,6 +47,27 @@ def metric_label(kind: str, scorer: str | None) -> str:
 def is_baseline(trial: FrozenTrial) -> bool:
     """Whether a trial is the unsteered baseline (alpha = 0)."""
     return bool(trial.user_attrs.get(BASELINE_ATTR, False))
+
+
+# optuna-dashboard 0.21 reads a trial's constraints only from this system attribute, as a list.
+DASHBOARD_CONSTRAINTS_KEY = "constraints"
+
+
+def record_constraints(trial: optuna.Trial, constraints: dict[str, float]) -> None:
+    """Record a trial's constraint values (feasible when all are <= 0) where Optuna and
+    optuna-dashboard both read them: by name, and as the dashboard's list in name order."""
+    values = [float(constraints[name]) for name in sorted(constraints)]
+    for name, value in zip(sorted(constraints), values, strict=True):
+        trial.set_constraint(name, value)
+    trial.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS_KEY, values)
+
+
+def named_constraints(trial: FrozenTrial) -> dict[str, float]:
+    """A trial's constraints by name, without the dashboard's numbered copies of the same values
+    (Optuna reads the list as keys "0", "1", ...)."""
+    found = dict(trial.constraints)
+    named = {k: v for k, v in found.items() if not k.isdigit()}
+    return named or found
 
 
 def is_feasible(trial: FrozenTrial) -> bool:

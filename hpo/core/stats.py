@@ -1,4 +1,5 @@
-"""Small statistics for honest numbers: a paired bootstrap interval of a mean difference."""
+"""Small statistics for honest numbers: a paired bootstrap interval of a mean difference, and
+whether such an interval shows a gain."""
 
 from __future__ import annotations
 
@@ -27,3 +28,17 @@ def bootstrap_diff_ci(
     lo = means[int(tail * n_resamples)]
     hi = means[min(int((1 - tail) * n_resamples), n_resamples - 1)]
     return lo, hi
+
+
+def shows_gain(interval: Sequence[float], direction: str) -> bool:
+    """Whether a 95% interval of (steered - baseline) lies wholly on the better side of 0.
+
+    `direction` is the score's (`maximize` or `minimize`). An interval touching 0 shows no gain:
+    the winner is not distinguishable from the unsteered model.
+    """
+    lo, hi = interval
+    if direction == "maximize":
+        return lo > 0.0
+    if direction == "minimize":
+        return hi < 0.0
+    raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")

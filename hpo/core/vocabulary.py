@@ -9,3 +9,9 @@ MODES = ("add", "add_norm_preserving", "ablate")
 # Modes that add `alpha * vector` (alpha = 0 is the unsteered model); `ablate` has no alpha.
 ADD_MODES = ("add", "add_norm_preserving")
 ALPHA_SCALES = ("relative", "absolute")
+# Where a vector acts (seed 003): block outputs, or attention heads around the output projection.
+SITES = ("residual", "heads")
+HEAD_POINTS = ("pre_o_proj", "post_o_proj")
+HEAD_MODES = ("add", "add_norm_preserving")
+# The probe gate: off, steer where the probe sees the behaviour, or where it does not.
+PROBE_GATES = ("off", "present", "absent")

@@ -15,17 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hpo.core.errors import UserError
 from hpo.export.verify import (
     SCHEMA_VERSION,
     STEERING_JSON,
     BundleError,
     check_files,
     read_meta,
-    read_vectors,
+    read_tensors,
     sha256_file,
     vector_relpath,
 )
 from hpo.model.blocks import find_blocks, num_hidden_layers
+from hpo.steering.gates import Gate
+from hpo.steering.heads import head_shape
 from hpo.steering.hooks import SteeringHandle, steer
 
 if TYPE_CHECKING:
@@ -49,7 +52,10 @@ class Bundle:
     """A loaded bundle: vectors by layer, the exported alpha, and how to apply them.
 
     Layer `L` is steered by `alpha * scales[L]` along `vectors[L]` in `mode` (`add`,
-    `add_norm_preserving`, `ablate`; see `hpo.steering.hooks`), at `positions`.
+    `add_norm_preserving`, `ablate`; see `hpo.steering.hooks`), at `positions`. Site `heads`:
+    `vectors[L]` is a head-space vector steering `heads[L]` at `head_point`
+    (`hpo.steering.heads`); `gate`: the trigger / probe gate the study found
+    (`hpo.steering.gates`).
 
     Attributes:
         alpha: multiplier used by `apply`; change it, also while a context is open (for
@@ -64,6 +70,11 @@ class Bundle:
     positions: str
     mode: str = "add"
     scales: dict[int, float] = field(default_factory=dict)
+    site: str = "residual"
+    heads: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    head_dim: int = 0
+    head_point: str = "pre_o_proj"
+    gate: Gate | None = None
     _handles: list[SteeringHandle] = field(default_factory=list, repr=False)
     _enabled: bool = True
 
@@ -95,6 +106,14 @@ class Bundle:
                 f"the model has {hidden}"
             )
         layers = num_hidden_layers(model)
+        if self.site == "heads":
+            shape = head_shape(model, find_blocks(model))
+            want_heads = (int(self.meta["application"]["n_heads"]), self.head_dim)
+            if shape != want_heads:
+                raise BundleError(
+                    f"bundle {self.path} steers heads of {want_heads[0]} x {want_heads[1]}, "
+                    f"the model's attention has {shape[0]} x {shape[1]}"
+                )
         if max(self.vectors) >= layers:
             raise BundleError(
                 f"bundle {self.path} steers layer {max(self.vectors)}, the model has only "
@@ -169,6 +188,10 @@ class Bundle:
             self.positions,
             mode=self.mode,
             scales=self.scales,
+            gate=self.gate,
+            heads=self.heads if self.site == "heads" else None,
+            head_dim=self.head_dim,
+            head_point=self.head_point,
         ) as h:
             h.enabled = self._enabled
             self._handles.append(h)
@@ -192,8 +215,29 @@ def load_bundle(path: str | Path) -> Bundle:
     root = Path(path).expanduser()
     meta = read_meta(root)
     check_files(root, meta)
-    vectors = read_vectors(root, meta)
+    vectors, probes, trigger_ids = read_tensors(root, meta)
     application = meta["application"]
+    gate = None
+    record = application.get("gate")
+    if record is not None:
+        try:
+            gate = Gate(
+                trigger=record.get("trigger", ""),
+                trigger_ids=trigger_ids,
+                probe=record.get("probe", "off"),
+                threshold=float(record.get("threshold", 0.5)),
+                probes=probes,
+            )
+        except UserError as e:
+            raise BundleError(f"bundle {root}: {e}") from e
+    heads = {int(k): tuple(v) for k, v in application.get("heads", {}).items()}
+    if gate is not None and gate.probe != "off":
+        units = set(heads_keys(heads)) if heads else set(vectors)
+        if set(probes) != units:
+            raise BundleError(
+                f"bundle {root}: the probe gate needs a probe for every steered unit "
+                f"{sorted(units, key=str)}, got {sorted(probes, key=str)}"
+            )
     return Bundle(
         path=root,
         meta=meta,
@@ -203,4 +247,14 @@ def load_bundle(path: str | Path) -> Bundle:
         # Bundles written before modes and windows: add, alpha on every layer.
         mode=application.get("mode", "add"),
         scales={int(k): float(v) for k, v in application.get("scales", {}).items()},
+        site=application.get("site", "residual"),
+        heads=heads,
+        head_dim=int(application.get("head_dim", 0)),
+        head_point=application.get("head_point", "pre_o_proj"),
+        gate=gate,
     )
+
+
+def heads_keys(heads: dict[int, tuple[int, ...]]) -> list[tuple[int, int]]:
+    """The `(layer, head)` units of a head selection."""
+    return [(layer, h) for layer, chosen in heads.items() for h in chosen]

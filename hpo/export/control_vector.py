@@ -6,7 +6,8 @@ e.g. `llama`), `controlvector.layer_count`, and one 1-D float32 tensor `directio
 llama.cpp adds `direction.N` to the output of decoder block N (0-based, the same numbering as
 our layer `L`) at every position, so `direction.L` = alpha * our vector at layer `L`. It rejects
 `direction.0` by name (block 0's output can never be steered), so a layer-0 vector cannot be
-expressed in this format and is refused.
+expressed in this format and is refused. It has no attention heads and no conditions either: a
+bundle that steers heads (site heads) or only where a gate opens is refused with that reason.
 """
 
 from __future__ import annotations
@@ -32,6 +33,25 @@ class ControlVectorError(UserError):
 def model_hint(model_type: str) -> str:
     """llama.cpp's architecture name for a transformers `model_type` (`qwen2` -> `qwen2`)."""
     return _LLAMA_CPP_ARCH.get(model_type, model_type)
+
+
+def check_expressible(application: dict[str, Any]) -> None:
+    """Refuse an application (steering.json's record) llama.cpp cannot carry: heads or gates.
+
+    Raises:
+        ControlVectorError: site heads, or a trigger / probe gate.
+    """
+    if application.get("site", "residual") == "heads":
+        raise ControlVectorError(
+            "llama.cpp control vectors add one vector to a block's output; they cannot steer "
+            "single attention heads, got application.site='heads'"
+        )
+    gate = application.get("gate")
+    if gate:
+        raise ControlVectorError(
+            "llama.cpp control vectors steer every position; they cannot carry a gate, got "
+            f"trigger={gate.get('trigger', '')!r}, probe={gate.get('probe', 'off')!r}"
+        )
 
 
 def directions(
@@ -64,14 +84,18 @@ def write_control_vector(
     alpha: float,
     hint: str,
     mode: str = "add",
+    application: dict[str, Any] | None = None,
 ) -> Path:
     """Write `vectors` scaled by `alpha` as a llama.cpp control-vector GGUF at `path`.
 
+    `application`: steering.json's record, checked by `check_expressible`.
+
     Raises:
-        ControlVectorError: see `directions`; nothing is written then.
+        ControlVectorError: see `directions` and `check_expressible`; nothing is written then.
     """
     import gguf
 
+    check_expressible(application or {})
     arrays = directions(vectors, alpha, mode)
     target = Path(path)
     writer = gguf.GGUFWriter(str(target), arch=ARCH)

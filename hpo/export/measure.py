@@ -1,6 +1,7 @@
 """Measure a winner on the held-out test split: steered vs unsteered with intervals, every side
-metric, the recorded samples that replay token for token, and what llama.cpp's every-position
-control vector does. The test split is read here and only here, after the winner is chosen.
+metric, the recorded samples that replay token for token, what llama.cpp's every-position
+control vector does, and whether the gain is shown at all. The test split is read here and
+only here, after the winner is chosen.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from hpo.core.chance import CHANCE_BIAS_ATTR, chance_report
 from hpo.core.objective_metrics import metric_values
 from hpo.core.record import BASELINE_METRICS_ATTR, BASELINE_VALUE_ATTR
 from hpo.core.selection import values_of
-from hpo.core.stats import bootstrap_diff_ci
+from hpo.core.stats import bootstrap_diff_ci, shows_gain
 from hpo.model.decoding import complete_each
 from hpo.run.tasks import load_task
 from hpo.run.worker import Plan, Worker
 from hpo.steering.hooks import steer_with
+from objectives import ScoreResult
 
 # Test prompts whose continuations the bundle records (and `hpo generate replay=true` replays).
 N_SAMPLES = 3
@@ -47,18 +49,35 @@ def _compare(
     return out
 
 
+def _compare_all(
+    steered: ScoreResult, baseline: ScoreResult, seed: int
+) -> dict[str, dict[str, Any]]:
+    """`_compare` over the score and every side metric of two results on the same items."""
+    return _compare(
+        metric_values(steered.value, steered.metrics),
+        metric_values(baseline.value, baseline.metrics),
+        {"score": steered.per_item, **steered.metric_items},
+        {"score": baseline.per_item, **baseline.metric_items},
+        seed,
+    )
+
+
 @dataclass
 class TestSplit:
-    """The held-out test split, read and prepared once per export."""
+    """The held-out test split, read and prepared once per export, with its unsteered result
+    (every measurement of the export compares with this one baseline)."""
 
     rows: list[Any]
     prepared: Any
+    baseline: ScoreResult
 
     @classmethod
     def load(cls, worker: Worker) -> TestSplit:
-        """Read the task's test rows and prepare them (tokenized; unsteered reference run)."""
+        """Read the task's test rows, prepare them (tokenized; unsteered reference run) and
+        score them unsteered, side metrics included."""
         rows = load_task(worker.cfg.task).test()
-        return cls(rows, worker.prepare(rows))
+        prepared = worker.prepare(rows)
+        return cls(rows, prepared, worker.baseline_result(prepared, "test"))
 
 
 def measure(
@@ -76,9 +95,8 @@ def measure(
     """
     test = TestSplit.load(worker) if test is None else test
     plan = worker.plan(trial.params) if plan is None else plan
-    test_rows, prepared = test.rows, test.prepared
+    test_rows, prepared, baseline = test.rows, test.prepared, test.baseline
     steered = worker.score(plan, prepared, split="test")
-    baseline = worker.baseline_result(prepared, "test")
     seed = worker.cfg.study.seed
     lo, hi = bootstrap_diff_ci(steered.per_item, baseline.per_item, seed=seed)
     per_letter_val = {
@@ -123,13 +141,7 @@ def measure(
         warnings.append(f"on the test split the winner breaks the constraints {constraints}")
     val_metrics = values_of(trial)
     val_base = study.user_attrs.get(BASELINE_METRICS_ATTR) or {}
-    test_metrics = _compare(
-        metric_values(steered.value, steered.metrics),
-        metric_values(baseline.value, baseline.metrics),
-        {"score": steered.per_item, **steered.metric_items},
-        {"score": baseline.per_item, **baseline.metric_items},
-        seed,
-    )
+    test_metrics = _compare_all(steered, baseline, seed)
     return {
         "warnings": warnings,
         **chance,
@@ -147,6 +159,7 @@ def measure(
             "difference": steered.value - baseline.value,
             "ci95": [lo, hi],
             "per_letter": test_letters,
+            "gain_shown": shows_gain((lo, hi), worker.cfg.task.objective.direction),
             "metrics": test_metrics,
             **extra,
         },
@@ -201,8 +214,7 @@ def everywhere(worker: Worker, plan: Plan, test: TestSplit) -> dict[str, Any]:
     score, every side metric (KL, fluency) and feasibility, so a GGUF user knows what to expect.
     """
     plan = dataclasses.replace(plan, application=plan.application.at("all"))
-    steered = worker.score(plan, test.prepared, split="test")
-    baseline = worker.baseline_result(test.prepared, "test")
+    steered, baseline = worker.score(plan, test.prepared, split="test"), test.baseline
     seed = worker.cfg.study.seed
     lo, hi = bootstrap_diff_ci(steered.per_item, baseline.per_item, seed=seed)
     constraints = steered.extras.get("constraints", {})
@@ -214,13 +226,7 @@ def everywhere(worker: Worker, plan: Plan, test: TestSplit) -> dict[str, Any]:
         "difference": steered.value - baseline.value,
         "ci95": [lo, hi],
         "feasible": all(v <= 0 for v in constraints.values()),
-        "metrics": _compare(
-            metric_values(steered.value, steered.metrics),
-            metric_values(baseline.value, baseline.metrics),
-            {"score": steered.per_item, **steered.metric_items},
-            {"score": baseline.per_item, **baseline.metric_items},
-            seed,
-        ),
+        "metrics": _compare_all(steered, baseline, seed),
     }
     if "fluency" in steered.extras:
         out["fluency"] = steered.extras["fluency"]
@@ -254,3 +260,26 @@ def honesty_warnings(
             "letter prior rather than the behaviour"
         )
     return warnings
+
+
+def no_gain_reason(metrics: dict[str, Any], direction: str, trial: int) -> str | None:
+    """Why `export.require_gain` ships nothing, in one line (None when the gain is shown).
+
+    The rule: the winner's held-out test difference (steered - unsteered, paired over the same
+    items) must have a 95% bootstrap interval wholly on the better side of 0. The validation
+    score chose the winner and so overstates it; only the test split can say it is real.
+    """
+    test, val = metrics["test"], metrics["validation"]
+    lo, hi = test["ci95"]
+    if shows_gain((lo, hi), direction):
+        return None
+    side = "above" if direction == "maximize" else "below"
+    shown = "n/a" if val["steered"] is None else f"{val['steered']:.4f}"
+    base = "n/a" if val["baseline"] is None else f"{val['baseline']:.4f}"
+    return (
+        f"the winner (trial {trial}) shows no gain over the unsteered model: validation "
+        f"{base} -> {shown}, held-out test (n={test['n']}) {test['baseline']:.4f} -> "
+        f"{test['steered']:.4f}, difference {test['difference']:+.4f} "
+        f"[95% CI {lo:+.4f}, {hi:+.4f}], not wholly {side} 0; no bundle written "
+        "(export.require_gain=false ships it anyway)"
+    )

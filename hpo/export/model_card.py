@@ -24,7 +24,7 @@ def model_card(meta: dict[str, Any]) -> str:
         "metrics": [metric],
         "model-index": [
             {
-                "name": f"steering-{meta['trait']}-{meta['method']}-layer{meta['layers'][0]}",
+                "name": _index_name(meta),
                 "results": [
                     {
                         "task": {"type": "activation-steering", "name": meta["trait"]},
@@ -60,9 +60,7 @@ def model_card(meta: dict[str, Any]) -> str:
 
 A {meta["method"].upper()} steering vector for **{base}** found by an Optuna TPE search
 (study `{meta["study"]["name"]}`, trial {meta["study"]["trial"]} of {meta["study"]["n_trials"]}).
-It is applied to the output of decoder block(s) {layers} in mode `{mode}` with
-alpha = {meta["alpha"]:.4f} ({meta["alpha_scale"]} scale; per layer: {per_layer}), at positions
-`{meta["application"]["positions"]}`.
+{_what_is_steered(meta, layers, mode, per_layer)}
 
 {warnings}## Metrics ({meta["objective"]["kind"]}, {meta["objective"]["direction"]})
 
@@ -85,10 +83,7 @@ with bundle.apply(model):          # hooks removed on exit
 bundle.alpha = 0.5 * bundle.alpha  # change strength; bundle.enabled = False to turn off
 ```
 
-Without steering-hpo: `vectors/{meta["trait"]}/steering_vector.safetensors` holds float32 tensors
-`layer.<L>`; with `a = layer_alpha[L]` (steering.json) and `h` the output hidden state of decoder
-block `L` at each steered position: `add`: `h + a * v`; `add_norm_preserving`: `h + a * v`
-rescaled to `|h|`; `ablate`: `h - a * (h . u) u` with `u = v / |v|`.
+{_by_hand(meta)}
 
 {llama_cpp}
 ## Files
@@ -98,6 +93,101 @@ rescaled to `|h|`; `ablate`: `h - a * (h . u) u` with `u = v / |v|`.
 - `config.yaml`: the winning trial as an experiment config
 {"- `control_vector.gguf`: llama.cpp control vector (alpha applied)" if _has_gguf(meta) else ""}
 """
+
+
+def _index_name(meta: dict[str, Any]) -> str:
+    """The model-index name: trait, method and the first layer, or the head count."""
+    app = meta["application"]
+    if app.get("site", "residual") == "heads":
+        where = f"heads{sum(len(v) for v in app['heads'].values())}"
+    else:
+        where = f"layer{meta['layers'][0]}"
+    gated = "-gated" if app.get("gate") else ""
+    return f"steering-{meta['trait']}-{meta['method']}-{where}{gated}"
+
+
+def _by_hand(meta: dict[str, Any]) -> str:
+    """How to apply the vector file without steering-hpo: tensors, where they act, the gates."""
+    app = meta["application"]
+    path = f"`vectors/{meta['trait']}/steering_vector.safetensors`"
+    modes = (
+        "`add`: `h + a * v`; `add_norm_preserving`: `h + a * v` rescaled to `|h|`; "
+        "`ablate`: `h - a * (h . u) u` with `u = v / |v|`."
+    )
+    if app.get("site", "residual") == "heads":
+        dim = app["head_dim"]
+        if app["head_point"] == "pre_o_proj":
+            where = (
+                f"`h` is head `H`'s slice `[H * {dim}, (H + 1) * {dim})` of the input of block "
+                "`L`'s attention output projection (`o_proj`)"
+            )
+        else:
+            where = (
+                f"`v` is the projection `W v'` (no bias) of the `o_proj`-input vector `v'` that "
+                f"holds every steered head's `head.<L>.<H>` in its slice `[H * {dim}, "
+                f"(H + 1) * {dim})` and zeros elsewhere, and `h` the output of block `L`'s "
+                "attention output projection"
+            )
+        text = (
+            f"Without steering-hpo: {path} holds float32 tensors `head.<L>.<H>` (`[{dim}]`, "
+            f"one per steered head); with `a = alpha` (steering.json) {where}, at each steered "
+            f"position: {modes}"
+        )
+    else:
+        text = (
+            f"Without steering-hpo: {path} holds float32 tensors `layer.<L>`; with "
+            "`a = layer_alpha[L]` (steering.json) and `h` the output hidden state of decoder "
+            f"block `L` at each steered position: {modes}"
+        )
+    gate = app.get("gate")
+    if gate and gate.get("probe", "off") != "off":
+        text += (
+            " Probe gate: a unit (`<L>` or `<L>.<H>`) is steered at a position only where "
+            "`sigmoid(x . gate.<unit>.weight + gate.<unit>.bias)` is "
+            f"{'>=' if gate['probe'] == 'present' else '<'} {gate['threshold']:.4f}, with `x` "
+            "the unit's activation before its own steering (block `L`'s output, or head `H`'s "
+            "slice of `o_proj`'s input; after `o_proj`, `v'` then holds only the open heads)."
+        )
+    if gate and gate.get("trigger"):
+        text += (
+            " Trigger gate: only positions whose previous token is one of `trigger.ids` "
+            f"(the tokens whose text ends with {gate['trigger']!r})."
+        )
+    return text
+
+
+def _what_is_steered(meta: dict[str, Any], layers: str, mode: str, per_layer: str) -> str:
+    """One paragraph: the site (block outputs or attention heads), strength, positions, gates."""
+    app = meta["application"]
+    positions = f"at positions `{app['positions']}`"
+    if app.get("site", "residual") == "heads":
+        heads = "; ".join(f"layer {k}: heads {v}" for k, v in app["heads"].items())
+        n = sum(len(v) for v in app["heads"].values())
+        point = "before" if app["head_point"] == "pre_o_proj" else "after"
+        text = (
+            f"It steers {n} attention heads (seed 003, CREST), each along its own direction, "
+            f"{point} the attention output projection, in mode `{mode}` with coefficient "
+            f"{meta['alpha']:.4f} ({meta['alpha_scale']} scale), {positions}. Heads: {heads}."
+        )
+    else:
+        text = (
+            f"It is applied to the output of decoder block(s) {layers} in mode `{mode}` with\n"
+            f"alpha = {meta['alpha']:.4f} ({meta['alpha_scale']} scale; per layer: {per_layer}), "
+            f"{positions}."
+        )
+    gate = app.get("gate")
+    if gate:
+        parts = []
+        if gate.get("trigger"):
+            parts.append(f"right after a token ending with {gate['trigger']!r}")
+        if gate.get("probe", "off") != "off":
+            where = ">=" if gate["probe"] == "present" else "<"
+            parts.append(
+                f"where the unit's probe gives p(positive) {where} {gate['threshold']:.3f} "
+                "(probe weights `gate.*` in the vector file)"
+            )
+        text += " Gated: a position is steered only " + " and ".join(parts) + "."
+    return text
 
 
 def _side_metrics(meta: dict[str, Any]) -> str:

@@ -5,6 +5,10 @@ A bundle is data from elsewhere. Its `steering.json` must be UTF-8 JSON of the k
 bundle; every tensor must be a finite vector of the model's hidden size, named `layer.<L>`; every
 number (alpha, per-layer scales, generation budget) must be finite and in range. Each failure is
 a `BundleError`: one line naming the rule and the value.
+
+Head and gated steering (seed 003) add tensors to the same file: `head.<L>.<H>` (head `H`'s
+vector, `[head_dim]`, instead of `layer.<L>`), the probe gate's `gate.<unit>.weight` /
+`gate.<unit>.bias` (unit `<L>` or `<L>.<H>`) and the trigger gate's token ids `trigger.ids`.
 """
 
 from __future__ import annotations
@@ -21,13 +25,17 @@ from safetensors.torch import load_file
 
 from hpo.core.errors import UserError
 from hpo.core.names import check_name, confined, finite
-from hpo.core.vocabulary import MODES, POSITIONS
+from hpo.core.vocabulary import HEAD_MODES, HEAD_POINTS, MODES, POSITIONS, PROBE_GATES, SITES
 
 SCHEMA_VERSION = 1
 STEERING_JSON = "steering.json"
 # The most new tokens a bundle's recorded generation may ask a replay for.
 MAX_NEW_TOKENS = 4096
-_TENSOR_NAME = re.compile(r"layer\.(0|[1-9][0-9]{0,5})")
+_NUM = r"(0|[1-9][0-9]{0,5})"
+_TENSOR_NAME = re.compile(rf"layer\.{_NUM}")
+_HEAD_NAME = re.compile(rf"head\.{_NUM}\.{_NUM}")
+_GATE_NAME = re.compile(rf"gate\.{_NUM}(?:\.{_NUM})?\.(weight|bias)")
+TRIGGER_IDS = "trigger.ids"
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -97,6 +105,7 @@ def _check_meta(meta: dict[str, Any]) -> None:
         if not str(key).isdigit():
             raise UserError(f"application.scales keys must be layer numbers, got {key!r}")
         finite(f"application.scales.{key}", value)
+    _check_heads_and_gate(app)
     generation = meta.get("generation")
     if generation is not None:
         if not isinstance(generation, dict):
@@ -106,6 +115,44 @@ def _check_meta(meta: dict[str, Any]) -> None:
         stop = generation.get("stop") or []
         if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
             raise UserError(f"generation.stop must be a list of non-empty strings, got {stop!r}")
+
+
+def _check_heads_and_gate(app: dict[str, Any]) -> None:
+    site = app.get("site", "residual")
+    if site not in SITES:
+        raise UserError(f"application.site must be one of {list(SITES)}, got {site!r}")
+    if site == "heads":
+        if app.get("mode", "add") not in HEAD_MODES:
+            raise UserError(f"site heads takes mode {list(HEAD_MODES)}, got {app.get('mode')!r}")
+        if app.get("head_point") not in HEAD_POINTS:
+            raise UserError(
+                f"application.head_point must be one of {list(HEAD_POINTS)}, "
+                f"got {app.get('head_point')!r}"
+            )
+        n_heads = _int("application.n_heads", app.get("n_heads"), 1, 100_000)
+        _int("application.head_dim", app.get("head_dim"), 1, 100_000)
+        heads = app.get("heads")
+        if not isinstance(heads, dict) or not heads:
+            raise UserError(f"application.heads must map layers to head lists, got {heads!r}")
+        for key, chosen in heads.items():
+            if not str(key).isdigit() or not isinstance(chosen, list) or not chosen:
+                raise UserError(f"application.heads.{key} must list heads, got {chosen!r}")
+            for h in chosen:
+                _int(f"application.heads.{key}[]", h, 0, n_heads - 1)
+    gate = app.get("gate")
+    if gate is None:
+        return
+    if not isinstance(gate, dict):
+        raise UserError(f"application.gate must be a record, got {gate!r}")
+    if not isinstance(gate.get("trigger", ""), str):
+        raise UserError(f"application.gate.trigger must be text, got {gate.get('trigger')!r}")
+    if gate.get("probe", "off") not in PROBE_GATES:
+        raise UserError(
+            f"application.gate.probe must be one of {list(PROBE_GATES)}, got {gate.get('probe')!r}"
+        )
+    threshold = finite("application.gate.threshold", gate.get("threshold", 0.5))
+    if not 0.0 < threshold < 1.0:
+        raise UserError(f"application.gate.threshold must lie in (0, 1), got {threshold}")
 
 
 def read_meta(root: Path) -> dict[str, Any]:
@@ -172,38 +219,128 @@ def check_files(root: Path, meta: dict[str, Any]) -> None:
 
 
 def read_vectors(root: Path, meta: dict[str, Any]) -> dict[int, torch.Tensor]:
-    """The steering vectors by layer, each a finite 1-D tensor of the model's hidden size.
+    """The steering vectors by layer (see `read_tensors`)."""
+    return read_tensors(root, meta)[0]
 
-    Raises:
-        BundleError: unreadable file, a tensor not named `layer.<L>`, a wrong shape or dtype,
-            a NaN or infinite entry, or layers that differ from `steering.json`'s.
-    """
-    rel = vector_relpath(meta["trait"])
+
+def _load(root: Path, rel: str) -> dict[str, torch.Tensor]:
     try:
-        tensors = load_file(str(confined(root, rel, "vector file")))
+        return load_file(str(confined(root, rel, "vector file")))
     except UserError as e:
         raise _wrap(root, e) from e
     except (SafetensorError, OSError, ValueError) as e:
         raise BundleError(f"bundle {root}: cannot read {Path(rel).name}: {e}") from e
+
+
+def _finite_vector(root: Path, name: str, tensor: torch.Tensor, size: int, what: str) -> None:
+    if not tensor.is_floating_point() or tuple(tensor.shape) != (size,):
+        raise BundleError(
+            f"bundle {root}: tensor {name} must be a float vector of {what} ({size},), "
+            f"got {tensor.dtype} of shape {tuple(tensor.shape)}"
+        )
+    if not bool(torch.isfinite(tensor).all()):
+        raise BundleError(f"bundle {root}: tensor {name} holds NaN or infinite values")
+
+
+def read_tensors(
+    root: Path, meta: dict[str, Any]
+) -> tuple[dict[int, torch.Tensor], dict[Any, tuple[torch.Tensor, float]], torch.Tensor | None]:
+    """The steering vectors by layer, the probe gate's `(weight, bias)` per unit and the trigger
+    gate's token ids, each checked.
+
+    Site residual: `layer.<L>`, each a finite vector of the model's hidden size. Site heads:
+    `head.<L>.<H>` of `head_dim`, assembled per layer into a head-space vector (zero outside
+    the steered heads).
+
+    Raises:
+        BundleError: unreadable file, a tensor of an unknown name, a wrong shape or dtype,
+            a NaN or infinite entry, or layers / heads that differ from `steering.json`'s.
+    """
+    rel = vector_relpath(meta["trait"])
+    tensors = _load(root, rel)
+    app = meta["application"]
+    heads_site = app.get("site", "residual") == "heads"
     hidden = meta["model"]["hidden_size"]
     vectors: dict[int, torch.Tensor] = {}
+    found_heads: dict[int, list[int]] = {}
+    weights: dict[Any, torch.Tensor] = {}
+    biases: dict[Any, float] = {}
+    trigger_ids = None
     for name, tensor in tensors.items():
-        match = _TENSOR_NAME.fullmatch(name)
-        if match is None:
+        if (match := _TENSOR_NAME.fullmatch(name)) and not heads_site:
+            _finite_vector(root, name, tensor, hidden, "the model's hidden size")
+            vectors[int(match.group(1))] = tensor.float()
+        elif (match := _HEAD_NAME.fullmatch(name)) and heads_site:
+            layer, head = int(match.group(1)), int(match.group(2))
+            dim, n_heads = app["head_dim"], app["n_heads"]
+            _finite_vector(root, name, tensor, dim, "application.head_dim")
+            if head >= n_heads:
+                raise BundleError(f"bundle {root}: {name} names a head >= n_heads {n_heads}")
+            vector = vectors.setdefault(layer, torch.zeros(n_heads * dim))
+            vector[head * dim : (head + 1) * dim] = tensor.float()
+            found_heads.setdefault(layer, []).append(head)
+        elif match := _GATE_NAME.fullmatch(name):
+            key: Any = int(match.group(1))
+            if match.group(2) is not None:
+                key = (key, int(match.group(2)))
+            size = app.get("head_dim", 0) if heads_site else hidden
+            if match.group(3) == "weight":
+                _finite_vector(root, name, tensor, size, "the gated unit's width")
+                weights[key] = tensor.float()
+            else:
+                _finite_vector(root, name, tensor, 1, "one bias")
+                biases[key] = float(tensor[0])
+        elif name == TRIGGER_IDS and tensor.dtype == torch.int64 and tensor.dim() == 1:
+            trigger_ids = tensor
+        else:
+            expected = "head.<layer>.<head>" if heads_site else "layer.<number>"
             raise BundleError(
-                f"bundle {root}: tensors must be named layer.<number>, got {name!r} in {rel}"
+                f"bundle {root}: tensors must be named {expected} (or gate.*, {TRIGGER_IDS}), "
+                f"got {name!r} in {rel}"
             )
-        if not tensor.is_floating_point() or tuple(tensor.shape) != (hidden,):
-            raise BundleError(
-                f"bundle {root}: tensor {name} must be a float vector of the model's hidden size "
-                f"({hidden},), got {tensor.dtype} of shape {tuple(tensor.shape)}"
-            )
-        if not bool(torch.isfinite(tensor).all()):
-            raise BundleError(f"bundle {root}: tensor {name} holds NaN or infinite values")
-        vectors[int(match.group(1))] = tensor.float()
     if sorted(vectors) != sorted(meta["layers"]):
         raise BundleError(
             f"bundle {root}: tensors for layers {sorted(vectors)} but steering.json lists "
             f"{meta['layers']}"
         )
-    return vectors
+    if heads_site:
+        listed = {int(k): sorted(v) for k, v in app["heads"].items()}
+        if {k: sorted(v) for k, v in found_heads.items()} != listed:
+            raise BundleError(
+                f"bundle {root}: head tensors for {found_heads} but steering.json lists {listed}"
+            )
+    if sorted(weights, key=str) != sorted(biases, key=str):
+        raise BundleError(f"bundle {root}: every gate weight needs its bias and vice versa")
+    probes = {k: (weights[k], biases[k]) for k in weights}
+    return vectors, probes, trigger_ids
+
+
+def bundle_tensors(
+    vectors: dict[int, torch.Tensor],
+    app: dict[str, Any],
+    probes: dict[Any, tuple[torch.Tensor, float]] | None = None,
+    trigger_ids: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """What the vector file holds for a plan (`app`: its `Application.record()`), named as
+    `read_tensors` reads them back."""
+    out: dict[str, torch.Tensor] = {}
+    if app.get("site", "residual") == "heads":
+        dim = app["head_dim"]
+        for layer, chosen in app["heads"].items():
+            vector = vectors[int(layer)].detach().float().cpu()
+            for h in chosen:
+                out[f"head.{layer}.{h}"] = vector[h * dim : (h + 1) * dim].contiguous()
+    else:
+        out.update(
+            {
+                f"layer.{layer}": v.detach().float().cpu().contiguous()
+                for layer, v in vectors.items()
+            }
+        )
+    for key, (weight, bias) in (probes or {}).items():
+        unit = f"{key[0]}.{key[1]}" if isinstance(key, tuple) else str(key)
+        out[f"gate.{unit}.weight"] = weight.detach().float().cpu().contiguous()
+        out[f"gate.{unit}.bias"] = torch.tensor([float(bias)])
+    if trigger_ids is not None:
+        out[TRIGGER_IDS] = trigger_ids.detach().to(torch.int64).cpu().contiguous()
+    return out

@@ -1,7 +1,8 @@
 """Write a study's winner as a bundle: vectors + config + honest metrics, written atomically.
 
 The numbers come from `hpo.export.measure` (the held-out test split, read only there, after
-the winner is chosen); the winner from `hpo.core.selection.pick_trial`.
+the winner is chosen); the winner from `hpo.core.selection.pick_trial`. A winner whose test
+gain is not shown is not written (`NothingToShip`) unless `export.require_gain` is off.
 """
 
 from __future__ import annotations
@@ -25,19 +26,35 @@ from hpo.core.version import __version__
 from hpo.export.bundle import SCHEMA_VERSION, STEERING_JSON, sha256_file, vector_relpath
 from hpo.export.control_vector import FILENAME as CONTROL_VECTOR
 from hpo.export.control_vector import ControlVectorError, model_hint, write_control_vector
-from hpo.export.measure import TestSplit, everywhere, measure
+from hpo.export.measure import TestSplit, everywhere, measure, no_gain_reason
 from hpo.export.model_card import model_card
 from hpo.export.target import check_target, protected_paths, publish, staging_dir
+from hpo.export.verify import bundle_tensors
 from hpo.run.worker import Worker
 
 log = logging.getLogger(__name__)
 
 
+class NothingToShip(Exception):
+    """The winner's held-out test gain is not distinguishable from the unsteered model, and
+    `export.require_gain` is on: no bundle was written.
+
+    Not an error of input: the study ran, and found nothing worth shipping. `str(e)` is the
+    one line that says why; `metrics` holds what was measured (as `steering.json` would).
+    """
+
+    def __init__(self, reason: str, metrics: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.metrics = metrics
+
+
 def _experiment_yaml(cfg: RunConfig, trial: FrozenTrial) -> str:
     """The winner as an experiment config: the study's settings pinned to the winning params."""
     p = trial.params
-    space: dict[str, Any] = {}
-    if "layer_set" in p:
+    space: dict[str, Any] = _pinned_heads_and_gates(p)
+    if p.get("site") == "heads":
+        pass  # no layers: the heads come from the probe ranking
+    elif "layer_set" in p:
         space["layer_sets"] = [[int(x) for x in str(p["layer_set"]).split(",")]]
     else:
         space["layers"] = {"low": p["layer"], "high": p["layer"], "step": 1}
@@ -51,7 +68,7 @@ def _experiment_yaml(cfg: RunConfig, trial: FrozenTrial) -> str:
     )
     space.update(
         aggregation=[p["aggregation"]],
-        method=[p["method"]],
+        method=[p.get("method", "caa")],
         positions=[p["positions"]],
         mode=[p.get("mode", "add")],
         alpha_scale=cfg.search_space.alpha_scale,
@@ -73,6 +90,24 @@ def _experiment_yaml(cfg: RunConfig, trial: FrozenTrial) -> str:
     return header + yaml.safe_dump(pinned, sort_keys=False)
 
 
+def _pinned_heads_and_gates(p: dict[str, Any]) -> dict[str, Any]:
+    """The winner's site, head and gate dimensions as one-value search-space entries."""
+    space: dict[str, Any] = {}
+    if "site" in p:
+        space["site"] = [p["site"]]
+    if "head_ratio" in p:
+        space["head_ratio"] = {"low": p["head_ratio"], "high": p["head_ratio"], "log": False}
+    if "heads_top_k" in p:
+        space["heads_top_k"] = {"low": p["heads_top_k"], "high": p["heads_top_k"], "step": 1}
+    for key in ("head_point", "head_mode", "trigger", "probe_gate"):
+        if key in p:
+            space[key] = [p[key]]
+    if "gate_threshold" in p:
+        t = p["gate_threshold"]
+        space["gate_threshold"] = {"low": t, "high": t, "log": False}
+    return space
+
+
 def _control_vector(
     tmp: Path, meta: dict[str, Any], steps: dict[int, torch.Tensor]
 ) -> dict[str, Any]:
@@ -92,6 +127,7 @@ def _control_vector(
             1.0,
             hint,
             meta["application"].get("mode", "add"),
+            meta["application"],
         )
     except ControlVectorError as e:
         log.warning("no %s in the bundle: %s", CONTROL_VECTOR, e)
@@ -151,6 +187,11 @@ def write_bundle(
     `rule` is the export rule that picked `trial` (recorded in `steering.json`'s `selection`
     with the Pareto front of a multi-objective study). `out_dir` must be new, empty, or (with
     `force`) hold a bundle an earlier export wrote; see `hpo.export.target`.
+
+    Raises:
+        NothingToShip: `export.require_gain` is on and the test split's 95% interval of the
+            winner's difference is not wholly on the better side of 0 (nothing is written,
+            an earlier bundle in `out_dir` is left as it was).
     """
     from hpo.run.study import storage_url
 
@@ -161,6 +202,14 @@ def write_bundle(
     vectors, resolved, app = plan.vectors, plan.resolved, plan.application
     test = TestSplit.load(worker)
     metrics = measure(worker, trial, study, test, plan)
+    reason = no_gain_reason(metrics, cfg.task.objective.direction, trial.number)
+    if reason is not None:
+        if cfg.export.require_gain:
+            raise NothingToShip(reason, metrics)
+        metrics["warnings"].append(
+            "shipped with export.require_gain=false although the held-out test gain is not "
+            "shown (its 95% interval is not wholly on the better side of 0)"
+        )
     trait = cfg.task.name
     shape = worker.loaded.shape
     meta: dict[str, Any] = {
@@ -176,6 +225,7 @@ def write_bundle(
             "dtype": cfg.model.dtype,
         },
         "method": resolved["method"],
+        "site": app.site,
         "aggregation": resolved["aggregation"],
         # Per-layer multiplier of alpha: what each layer gets is alpha * scales[L].
         "application": app.record(),
@@ -211,11 +261,14 @@ def write_bundle(
     try:
         vec_path = tmp / vector_relpath(trait)
         vec_path.parent.mkdir(parents=True)
+        gate = app.gate
         save_file(
-            {
-                f"layer.{layer}": v.detach().float().cpu().contiguous()
-                for layer, v in vectors.items()
-            },
+            bundle_tensors(
+                vectors,
+                meta["application"],
+                gate.probes if gate is not None else None,
+                gate.trigger_ids if gate is not None else None,
+            ),
             str(vec_path),
             metadata={"trait": trait, "alpha": str(app.alpha), "mode": app.mode},
         )

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import optuna
 
-from hpo.core.record import BASELINE_VALUE_ATTR, CONFIG_ATTR, format_params, summary
+from hpo.core.record import (
+    BASELINE_VALUE_ATTR,
+    CONFIG_ATTR,
+    EXPORTED_ATTR,
+    format_params,
+    summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +23,76 @@ def _fmt(value: Any) -> str:
     return "pending (trial 0, alpha = 0)" if value is None else f"{value:.4f}"
 
 
+def export_record(
+    meta: dict[str, Any], path: str | Path | None, reason: str | None = None
+) -> dict[str, Any]:
+    """What the study keeps about an export (`EXPORTED_ATTR`): plain data from steering.json.
+    `path` None: nothing was shipped, for `reason`."""
+    metrics = meta["metrics"]
+    test = metrics["test"]
+    kl = test.get("metrics", {}).get("kl")
+    return {
+        "bundle": None if path is None else str(path),
+        "reason": reason,
+        "trial": meta["study"]["trial"],
+        "params": meta["study"]["params"],
+        "test": {k: test.get(k) for k in ("baseline", "steered", "difference", "ci95", "n")},
+        "kl": None if kl is None else kl["steered"],
+        "warnings": list(metrics.get("warnings", [])),
+    }
+
+
+def record_export(
+    study: optuna.Study,
+    meta: dict[str, Any],
+    path: str | Path | None,
+    reason: str | None = None,
+) -> None:
+    """Keep the export's held-out result on the study and show it in the note (`path` None:
+    nothing shipped, for `reason`). Errors are only logged: the bundle is written already."""
+    try:
+        study.set_user_attr(EXPORTED_ATTR, export_record(meta, path, reason))
+    except Exception as e:  # a read-only database must not undo a written bundle
+        log.warning("could not record the export on the study: %s", e)
+        return
+    refresh_note(study)
+
+
+def export_section(exported: dict[str, Any] | None) -> str:
+    """Markdown: the exported bundle and its held-out test result, interval and warnings."""
+    if not exported:
+        return ""
+    test = exported["test"]
+    lo, hi = test["ci95"] if test.get("ci95") else (float("nan"), float("nan"))
+    kl = "" if exported.get("kl") is None else f"; KL on neutral prompts {exported['kl']:.4f}"
+    warnings = exported.get("warnings") or []
+    listed = "\n".join(f"- {w}" for w in warnings) if warnings else "- none"
+    if exported.get("bundle") is None:
+        shipped = f"Nothing shipped: {exported.get('reason') or 'no bundle written'}."
+    else:
+        shipped = (
+            f"Bundle `{exported['bundle']}` from trial {exported['trial']} "
+            f"(`{format_params(exported['params'])}`)."
+        )
+    return f"""
+## Exported
+
+{shipped}
+
+Held-out test (n={test["n"]}): {_fmt(test["baseline"])} -> **{_fmt(test["steered"])}**, \
+difference {test["difference"]:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}]{kl}.
+
+Warnings:
+{listed}
+"""
+
+
 def study_note(
-    name: str, record: dict[str, Any], baseline: float | None, best: dict[str, Any] | None
+    name: str,
+    record: dict[str, Any],
+    baseline: float | None,
+    best: dict[str, Any] | None,
+    exported: dict[str, Any] | None = None,
 ) -> str:
     """Markdown: model, task, search space, baseline, best so far, and the commands to ship.
 
@@ -26,6 +101,7 @@ def study_note(
         record: the resolved config the study was created with (`hpo.run.study.config_record`).
         baseline: the unsteered score, or None while the baseline trial has not finished.
         best: `{"number", "value", "params"}` of the best feasible steered trial, or None.
+        exported: what the last `hpo export` shipped (`export_record`), or None.
     """
     model, task, space = record["model"], record["task"], record["search_space"]
     objective = task["objective"]
@@ -70,7 +146,7 @@ hpo export {where}     # best trial -> bundle, scored on the held-out test split
 hpo report {where}     # PNG plots + report.html
 hpo generate bundle={record["output_dir"]}/bundle prompt="..."   # unsteered vs steered
 ```
-"""
+{export_section(exported)}"""
 
 
 def refresh_note(study: optuna.Study, best: dict[str, Any] | None = None) -> None:
@@ -89,7 +165,13 @@ def refresh_note(study: optuna.Study, best: dict[str, Any] | None = None) -> Non
                 "value": info["best_value"],
                 "params": info["best_params"],
             }
-    body = study_note(study.study_name, record, study.user_attrs.get(BASELINE_VALUE_ATTR), best)
+    body = study_note(
+        study.study_name,
+        record,
+        study.user_attrs.get(BASELINE_VALUE_ATTR),
+        best,
+        study.user_attrs.get(EXPORTED_ATTR),
+    )
     try:
         save_note(study, body)
     except Exception as e:  # the note is a convenience: never fail a trial over it

@@ -76,8 +76,13 @@ def run_workers(
         threads = cfg.model.threads
     log.info("starting %d workers (%s)", n, f"{gpus} GPUs" if gpus else f"{threads} threads each")
 
+    # Ranks first..first+n-1: `open_study` made `cfg.worker_rank` 0 when this process created
+    # the study, else a rank of its own, so a second `hpo optimize` on it seeds its workers apart.
+    first = cfg.worker_rank or 0
+
     def spawn(rank: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(worker_command(args, rank, threads), env=worker_env(rank, gpus))
+        command = worker_command(args, first + rank, threads)
+        return subprocess.Popen(command, env=worker_env(rank, gpus))
 
     procs = {rank: spawn(rank) for rank in range(n)}
     restarts = dict.fromkeys(procs, 0)

@@ -18,9 +18,10 @@ import optuna
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from optuna.exceptions import ExperimentalWarning, StorageInternalError
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, StorageInternalError
 from optuna.pruners import NopPruner
 from optuna.study import StudyDirection
+from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpo.core.config import CHARS_PER_TOKEN, RunConfig, TaskConfig
@@ -30,6 +31,7 @@ from hpo.core.record import BASELINE_ATTR, CONFIG_ATTR, metric_label
 from hpo.core.selection import parse_rule
 from hpo.model.loading import ModelShape, load_model, read_shape
 from hpo.run import budget
+from hpo.run.layer_selection import candidate_layers, select_layers
 from hpo.run.tasks import TaskSplits, load_task
 from hpo.run.trial import Publish, SteeringObjective
 from hpo.run.worker import Worker
@@ -54,6 +56,8 @@ PER_WORKER_KEYS = {
     *SECURITY_KEYS,
 }
 MAX_CONSECUTIVE_FAILURES = 10
+# How long a process that found a study just created by another waits for its config record.
+CREATION_WAIT_S = 60.0
 
 
 def storage_url(cfg: RunConfig) -> str:
@@ -66,6 +70,25 @@ def config_record(cfg: RunConfig) -> dict[str, Any]:
     record = dataclasses.asdict(cfg)
     record["storage"]["url"] = mask_url(storage_url(cfg))
     return record
+
+
+# The config every key defaults to: a study recorded before a key existed ran with its default.
+DEFAULTS: dict[str, Any] = dataclasses.asdict(RunConfig())
+
+
+def _with_defaults(stored: dict[str, Any], defaults: Any) -> dict[str, Any]:
+    """`stored` with every key it lacks taken from `defaults` (recursively), so a study made
+    by an older version, before a search-space or task key existed, still admits workers that
+    leave that key at its default."""
+    if not isinstance(defaults, dict):
+        return stored
+    out = dict(stored)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(out[key], dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -121,7 +144,9 @@ def open_study(
         cfg: the run's config.
         create: create the study when it does not exist (else refuse).
         join: this process will run trials: refuse a study made with another config, and seed
-            the sampler by worker rank so workers do not propose the same points.
+            the sampler by worker rank so workers do not propose the same points. A
+            `cfg.worker_rank` of None is set here: 0 for the process that creates the study,
+            else a rank derived from host and pid (two processes joining at once differ).
 
     Raises:
         UserError: the study does not exist and `create` is False, or `join` and it exists with
@@ -160,41 +185,32 @@ def _open_study(
             "(check output_dir or storage.url)"
         )
     storage = create_storage(cfg.storage, url)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)  # TPE's `group` is experimental
-        sampler = _instantiate("sampler", _seeded(cfg)) if cfg.sampler else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)  # WilcoxonPruner is experimental
-        pruner = _instantiate("pruner", cfg.pruner) if cfg.pruner else None
     metrics = study_metrics(cfg.task.objective)
-    if len(metrics) > 1 and pruner is not None and not isinstance(pruner, NopPruner):
-        log.log(
-            logging.INFO if join else logging.DEBUG,
-            "pruning disabled: Optuna does not prune multi-objective studies (metrics %s)",
-            [m.name for m in metrics],
-        )
-        pruner = NopPruner()
+    pruner = _pruner(cfg, [m.name for m in metrics], join)
     if not create:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         if cfg.study.name not in names:
             raise UserError(
                 f"no study named {cfg.study.name!r} in {mask_url(url)}; studies there: {names}"
             )
-    if create:
-        study = optuna.create_study(
-            study_name=cfg.study.name,
-            storage=storage,
-            sampler=sampler,
-            pruner=pruner,
-            directions=[StudyDirection[m.direction.upper()] for m in metrics],
-            load_if_exists=True,
-        )
-    else:  # reading only: status, report and export never write the database
-        study = optuna.load_study(
-            study_name=cfg.study.name, storage=storage, sampler=sampler, pruner=pruner
-        )
+    # Exactly one process creates a study (the storage refuses a duplicate name atomically):
+    # it records the config and enqueues the baseline; any other waits for that record.
+    created = create and _create(storage, cfg.study.name, [m.direction for m in metrics])
+    if join and cfg.worker_rank is None:
+        # The creator is rank 0 (a single-process study is reproducible); a process joining a
+        # study that exists, maybe at the same moment as another, takes a rank of its own.
+        cfg.worker_rank = 0 if created else worker_rank(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # TPE's `group` is experimental
+        sampler = _instantiate("sampler", _seeded(cfg)) if cfg.sampler else None
+    # reading only (status, report, export) never writes the database
+    study = optuna.load_study(
+        study_name=cfg.study.name, storage=storage, sampler=sampler, pruner=pruner
+    )
     record = config_record(cfg)
     stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored is None and create and not created:
+        stored = _await_config(study)
     if join and stored is not None:
         # A database this worker cannot write stops it here, before any model loads.
         storage.set_study_system_attr(
@@ -203,29 +219,16 @@ def _open_study(
             f"{socket.gethostname()}:{os.getpid()}:{time.time()}",
         )
     if stored is None:
-        names = [m.name for m in metrics]
-        if names != ["score"]:  # a plain study keeps Optuna's unnamed value (report labels it)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                study.set_metric_names(names)
-        study.set_user_attr(CONFIG_ATTR, record)
-        study.set_user_attr("optuna_version", optuna.__version__)
-        _name_metric(study, cfg)
-        if on_create is not None:
-            on_create(study)
-        if cfg.study.baseline:
-            study.enqueue_trial(
-                baseline_params(cfg.search_space),
-                user_attrs={BASELINE_ATTR: True},
-                skip_if_exists=True,
-            )
+        _initialise(study, cfg, record, on_create)
     elif join:
         for note in security_notes(stored, cfg):
             log.warning(note)
         diffs = [
             d
             for k in FINGERPRINT_KEYS
-            for d in _differences(stored.get(k) or {}, record[k], f"{k}.")
+            for d in _differences(
+                _with_defaults(stored.get(k) or {}, DEFAULTS[k]), record[k], f"{k}."
+            )
         ]
         if diffs:
             raise UserError(
@@ -238,7 +241,81 @@ def _open_study(
                 f"study {cfg.study.name!r} was made with Optuna {theirs}, this worker has "
                 f"{optuna.__version__}: workers must share the Optuna major version"
             )
+    if join:
+        log.info(
+            "worker rank %d: sampler seed %s", worker_rank(cfg), _seeded(cfg).get("seed", "none")
+        )
     return study
+
+
+def _pruner(cfg: RunConfig, metrics: list[str], join: bool) -> Any:
+    """The configured pruner; none for a multi-objective study (Optuna does not prune those)."""
+    if not cfg.pruner:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # WilcoxonPruner is experimental
+        pruner = _instantiate("pruner", cfg.pruner)
+    if len(metrics) > 1 and not isinstance(pruner, NopPruner):
+        log.log(
+            logging.INFO if join else logging.DEBUG,
+            "pruning disabled: Optuna does not prune multi-objective studies (metrics %s)",
+            metrics,
+        )
+        pruner = NopPruner()
+    return pruner
+
+
+def _create(storage: optuna.storages.BaseStorage, name: str, directions: list[str]) -> bool:
+    """Create the study; False when it exists (maybe created by another process just now)."""
+    try:
+        storage.create_new_study([StudyDirection[d.upper()] for d in directions], name)
+    except DuplicatedStudyError:
+        return False
+    return True
+
+
+def _await_config(study: optuna.Study) -> dict[str, Any] | None:
+    """The config record of a study another process is creating right now (it writes the
+    record last); None at once for a study that has run trials without one, else after
+    `CREATION_WAIT_S`."""
+    deadline = time.monotonic() + CREATION_WAIT_S
+    while True:
+        stored = study.user_attrs.get(CONFIG_ATTR)
+        if stored is not None:
+            return dict(stored)
+        started = any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        if started or time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+
+
+def _initialise(
+    study: optuna.Study,
+    cfg: RunConfig,
+    record: dict[str, Any],
+    on_create: Callable[[optuna.Study], None] | None,
+) -> None:
+    """Record a new study's metric names and config and enqueue its baseline.
+
+    The config record comes last: a process that joins meanwhile waits for it, so it never
+    runs a trial before the baseline is enqueued.
+    """
+    names = [m.name for m in study_metrics(cfg.task.objective)]
+    if names != ["score"]:  # a plain study keeps Optuna's unnamed value (report labels it)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.set_metric_names(names)
+    study.set_user_attr("optuna_version", optuna.__version__)
+    _name_metric(study, cfg)
+    if cfg.study.baseline:
+        study.enqueue_trial(
+            baseline_params(cfg.search_space),
+            user_attrs={BASELINE_ATTR: True},
+            skip_if_exists=True,
+        )
+    study.set_user_attr(CONFIG_ATTR, record)
+    if on_create is not None:
+        on_create(study)
 
 
 def _name_metric(study: optuna.Study, cfg: RunConfig) -> None:
@@ -267,7 +344,7 @@ def prepare_worker(
     loaded = load_model(cfg.model)
     objective = make_objective(cfg.task, loaded.tokenizer)
     pairs = objective.train_pairs(task.train)
-    cache = load_or_build(loaded, pairs)
+    cache = load_or_build(loaded, pairs, heads="heads" in cfg.search_space.site)
     finetuned = None
     if "model_diff" in cfg.search_space.method:
         finetuned = finetuned_cache(cfg, pairs)
@@ -329,6 +406,8 @@ def check_config(cfg: RunConfig) -> TaskSplits:
                 _instantiate(group, dict(node))
     shape = read_shape(cfg.model)
     validate(cfg.search_space, shape.num_layers)
+    if cfg.search_space.layer_selection.mode != "none":
+        candidate_layers(cfg.search_space)
     check_model_diff(cfg, shape)
     parse_rule(cfg.export.rule, cfg.task.objective)  # checks the metrics too
     splits = load_task(cfg.task)
@@ -357,5 +436,6 @@ def run_trials(
 ) -> None:
     """Run steering trials until the study has `n_trials` finished ones (see `hpo.run.budget`);
     `publish` sees every completed trial (the CLI's `hpo.monitor.publisher.Publisher`)."""
+    select_layers(study, worker)  # search_space.layer_selection: narrow or enqueue first
     objective = SteeringObjective(worker, publish)
     budget.run_trials(study, objective, n_trials, MAX_CONSECUTIVE_FAILURES)

@@ -29,6 +29,7 @@ from hpo.core.record import (
     FEASIBLE_ATTR,
     METRICS_ATTR,
     format_params,
+    record_constraints,
 )
 from hpo.run.worker import Worker
 from objectives import ScoreResult
@@ -163,8 +164,7 @@ class SteeringObjective:
             trial.set_user_attr("chance", round(float(result.extras["chance"]), 6))
         if "constraints" in result.extras:
             # Optuna's constrained optimization: samplers favour feasible trials (all <= 0).
-            for name, value in result.extras["constraints"].items():
-                trial.set_constraint(name, float(value))
+            record_constraints(trial, result.extras["constraints"])
             ok = all(v <= 0 for v in result.extras["constraints"].values())
             trial.set_user_attr(FEASIBLE_ATTR, ok)
         named = metric_values(result.value, result.metrics)

@@ -2,7 +2,8 @@
 the hooks, the residual path, the export and the bundle alike.
 
 Layer `L` gets `alpha * scales[L]` (`layer_alpha(L)`) in `mode` at `positions`; this is the one
-place that product is computed.
+place that product is computed. Site `heads` steers the heads `heads[L]` of layer `L` around its
+attention output projection (`head_point`); a `gate` narrows the steered positions.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hpo.core.errors import UserError
-from hpo.core.vocabulary import MODES, POSITIONS
+from hpo.core.vocabulary import HEAD_MODES, HEAD_POINTS, MODES, POSITIONS, SITES
+from hpo.steering.gates import Gate
 
 
 @dataclass(frozen=True)
@@ -24,18 +26,46 @@ class Application:
         mode: `add`, `add_norm_preserving` or `ablate`.
         scales: per-layer multiplier of `alpha` (e.g. `1 / n` over an `n`-layer window); a layer
             not listed gets 1.
+        site: `residual` (block outputs) or `heads` (attention heads, seed 003).
+        heads: site heads: per layer, the steered heads.
+        head_dim: site heads: the width of one head's slice.
+        n_heads: site heads: heads per layer.
+        head_point: site heads: `pre_o_proj` (head space) or `post_o_proj` (model space).
+        gate: the conditions a position must meet to be steered (None: none).
     """
 
     alpha: float = 1.0
     positions: str = "all"
     mode: str = "add"
     scales: dict[int, float] = field(default_factory=dict)
+    site: str = "residual"
+    heads: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    head_dim: int = 0
+    n_heads: int = 0
+    head_point: str = "pre_o_proj"
+    gate: Gate | None = None
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
             raise UserError(f"positions must be one of {list(POSITIONS)}, got {self.positions!r}")
         if self.mode not in MODES:
             raise UserError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if self.site not in SITES:
+            raise UserError(f"site must be one of {list(SITES)}, got {self.site!r}")
+        if self.site == "heads":
+            if self.mode not in HEAD_MODES:
+                raise UserError(f"site heads takes mode {list(HEAD_MODES)}, got {self.mode!r}")
+            if self.head_point not in HEAD_POINTS:
+                raise UserError(
+                    f"head_point must be one of {list(HEAD_POINTS)}, got {self.head_point!r}"
+                )
+            if not self.heads or self.head_dim < 1:
+                raise UserError("site heads needs at least one steered head and its head_dim")
+
+    @property
+    def gated(self) -> bool:
+        """Whether a gate narrows the steered positions."""
+        return self.gate is not None and self.gate.active
 
     def layer_alpha(self, layer: int) -> float:
         """What layer `layer` is steered by: `alpha * scales[layer]`."""
@@ -46,9 +76,22 @@ class Application:
         return replace(self, positions=positions)
 
     def record(self) -> dict[str, Any]:
-        """As steering.json's `application`: positions, mode, scales (string keys)."""
-        return {
+        """As steering.json's `application`: positions, mode, scales (string keys), and for
+        head or gated steering the site, heads, head point and gate."""
+        out: dict[str, Any] = {
             "positions": self.positions,
             "mode": self.mode,
             "scales": {str(layer): scale for layer, scale in sorted(self.scales.items())},
         }
+        if self.site == "heads":
+            out.update(
+                site="heads",
+                head_point=self.head_point,
+                head_dim=self.head_dim,
+                n_heads=self.n_heads,
+                heads={str(layer): list(h) for layer, h in sorted(self.heads.items())},
+            )
+        if self.gated:
+            assert self.gate is not None
+            out["gate"] = self.gate.record()
+        return out

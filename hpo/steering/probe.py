@@ -73,3 +73,67 @@ def train_probe(
         predicted = ((xh - mean) @ w_raw + b_raw > 0).float()
         accuracy = float((predicted == yh).float().mean())
     return ProbeFit(w_raw.float(), accuracy, len(train), len(held))
+
+
+@dataclass(frozen=True)
+class ProbeBank:
+    """Many probes fitted at once, one per unit (a layer's residual stream, or one head).
+
+    Attributes:
+        weight: `[units, D]` directions in activation space (`logit = x @ w + bias`).
+        bias: `[units]` intercepts in activation space.
+        accuracy: `[units]` held-out accuracies (NaN when nothing was held out).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    accuracy: torch.Tensor
+
+
+def train_probes(
+    positive: torch.Tensor, negative: torch.Tensor, seed: int = 0, holdout: float = HOLDOUT
+) -> ProbeBank:
+    """`train_probe` for `units` independent probes in one batched L-BFGS fit.
+
+    The same model (standardised features, L2-regularised logistic regression, the same seeded
+    held-out pairs) for every unit; the summed loss separates by unit, so its optimum is every
+    unit's own. One fit of all 270 heads of a 30-layer model takes about a second where fitting
+    them one by one takes minutes.
+
+    Args:
+        positive: `[units, pairs, D]` activations of the positive completions.
+        negative: `[units, pairs, D]`, same pair order.
+        seed: seeds the held-out pair split.
+        holdout: share of pairs held out to measure accuracy.
+    """
+    train, held = split_pairs(positive.shape[1], seed, holdout)
+    x = torch.cat([positive[:, train], negative[:, train]], dim=1).double()
+    y = torch.cat([torch.ones(len(train)), torch.zeros(len(train))]).double()
+    mean, std = x.mean(dim=1, keepdim=True), x.std(dim=1, keepdim=True).clamp_min(1e-6)
+    z = (x - mean) / std
+    units, dim = x.shape[0], x.shape[2]
+    w = torch.zeros(units, dim, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(units, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=MAX_ITER, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logits = torch.einsum("und,ud->un", z, w) + b[:, None]
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, y.expand_as(logits), reduction="none"
+        )
+        loss = (bce.mean(dim=1) + 0.5 * L2 * (w * w).sum(dim=1)).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    w_raw = w.detach() / std[:, 0]
+    b_raw = b.detach() - (mean[:, 0] * w_raw).sum(dim=1)
+    accuracy = torch.full((units,), float("nan"))
+    if len(held):
+        xh = torch.cat([positive[:, held], negative[:, held]], dim=1).double()
+        yh = torch.cat([torch.ones(len(held)), torch.zeros(len(held))])
+        predicted = (torch.einsum("und,ud->un", xh, w_raw) + b_raw[:, None] > 0).float()
+        accuracy = (predicted == yh).float().mean(dim=1)
+    return ProbeBank(w_raw.float(), b_raw.float(), accuracy)

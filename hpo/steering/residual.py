@@ -66,6 +66,8 @@ class ResidualCache:
         return (
             application.positions == "all"
             and application.mode == "add"
+            and application.site == "residual"
+            and not application.gated
             and len(vectors) == 1
             and self.exact is not False
         )

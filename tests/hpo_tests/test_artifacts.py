@@ -14,8 +14,10 @@ from optuna.artifacts import download_artifact, get_all_artifact_meta
 from optuna_dashboard import get_note
 from safetensors.torch import load_file
 
+from hpo.core.record import EXPORTED_ATTR
 from hpo.monitor.artifacts import artifact_store, is_best_so_far
 from hpo.monitor.dashboard import exposure_warning
+from hpo.monitor.note import record_export, refresh_note
 from tests.hpo_tests.test_study import run_study, tiny_run
 
 
@@ -107,3 +109,37 @@ def test_only_loopback_is_quiet() -> None:
     assert exposure_warning("127.0.0.1", 8080) is None
     warning = exposure_warning("0.0.0.0", 8080)
     assert warning is not None and "no authentication" in warning and "0.0.0.0:8080" in warning
+
+
+def test_the_note_tells_the_exported_bundle_its_test_interval_and_warnings(
+    run: dict[str, Any], tmp_path: Path
+) -> None:
+    study = run["study"]
+    meta = {
+        "study": {"trial": 3, "params": {"layer": 2, "alpha": 1.5}},
+        "metrics": {
+            "warnings": ["the baseline is below chance"],
+            "test": {
+                "baseline": 0.4388,
+                "steered": 0.6572,
+                "difference": 0.2184,
+                "ci95": [0.0944, 0.344],
+                "n": 40,
+                "metrics": {"kl": {"steered": 0.9115}},
+            },
+        },
+    }
+    record_export(study, meta, tmp_path / "bundle")
+    assert study.user_attrs[EXPORTED_ATTR]["trial"] == 3
+    note = get_note(study)
+    assert "## Exported" in note
+    assert f"Bundle `{tmp_path / 'bundle'}` from trial 3" in note
+    assert "Held-out test (n=40): 0.4388 -> **0.6572**" in note
+    assert "difference +0.2184 [95% CI +0.0944, +0.3440]; KL on neutral prompts 0.9115" in note
+    assert "- the baseline is below chance" in note
+    refresh_note(study)  # a later trial rewrites the note: the export stays in it
+    assert "Held-out test (n=40)" in get_note(study)
+    record_export(study, meta, None, reason="the winner shows no gain")
+    note = get_note(study)
+    assert "Nothing shipped: the winner shows no gain." in note
+    assert "Held-out test (n=40): 0.4388 -> **0.6572**" in note

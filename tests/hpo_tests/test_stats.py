@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from hpo.core.stats import bootstrap_diff_ci
+from hpo.core.stats import bootstrap_diff_ci, shows_gain
 
 
 def test_a_constant_difference_has_a_zero_width_interval() -> None:
@@ -56,3 +56,14 @@ def test_for_large_n_the_interval_matches_the_normal_interval() -> None:
     half = 1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs))
     assert lo == pytest.approx(mean - half, abs=0.1 * half)
     assert hi == pytest.approx(mean + half, abs=0.1 * half)
+
+
+def test_a_gain_is_shown_only_by_an_interval_wholly_on_the_better_side_of_zero() -> None:
+    assert shows_gain((0.0944, 0.3440), "maximize")  # the demo's held-out test interval
+    assert not shows_gain((-0.008, 0.005), "maximize")  # sycophancy at 135M: noise
+    assert not shows_gain((0.0, 0.2), "maximize")  # touching 0 is not distinguishable
+    assert not shows_gain((-0.3, -0.1), "maximize")  # a real loss
+    assert shows_gain((-0.3, -0.1), "minimize")
+    assert not shows_gain((-0.1, 0.0), "minimize")
+    with pytest.raises(ValueError, match="direction must be 'maximize' or 'minimize'"):
+        shows_gain((0.1, 0.2), "up")

@@ -184,3 +184,28 @@ def test_one_value_dimensions_do_not_change_what_the_sampler_draws() -> None:
             assert [params[k] for k in ("layer", "alpha", "aggregation")] == expected
             old.tell(a, float(expected[1]))  # type: ignore[arg-type]
             new.tell(b, float(params["alpha"]))
+
+
+@pytest.mark.parametrize("name", ["default", "full", "gsm8k", "sentiment"])
+def test_every_space_takes_the_head_and_gate_keys_as_plain_overrides(name: str) -> None:
+    from tests.conftest import compose_run
+
+    before = distributions(compose_run(f"search_space={name}").search_space)
+    assert not {"site", "head_ratio", "head_point", "trigger", "probe_gate"} & set(before)
+    cfg = compose_run(
+        f"search_space={name}",
+        "search_space.site=[residual,heads]",
+        "search_space.probe_gate=[off,present]",
+        "search_space.trigger=['','\\n\\n']",
+    )
+    after = distributions(cfg.search_space)
+    assert after["site"] == CategoricalDistribution(["residual", "heads"])
+    assert {"head_ratio", "probe_gate", "gate_threshold", "trigger"} <= set(after)
+
+
+def test_the_baseline_turns_searched_gates_off() -> None:
+    params = baseline_params(space(probe_gate=["present", "off"], trigger=["\n\n", ""]))
+    assert params["probe_gate"] == "off" and params["trigger"] == ""
+    assert "probe_gate" not in baseline_params(space())
+    heads = baseline_params(space(site=["heads"], probe_gate=["off", "absent"]))
+    assert heads["site"] == "heads" and heads["probe_gate"] == "off"

@@ -1,0 +1,196 @@
+"""Attention-head steering (seed 003, CREST): act on single heads around the output projection.
+
+The input of a block's attention output projection (`o_proj`; `dense` in Phi and GPT-NeoX,
+`c_proj` in GPT-2) is the concatenation of every head's output, `[B, T, heads * head_dim]`; head
+`h` owns the slice `[h * head_dim, (h + 1) * head_dim)`. A head-site vector lives in that space
+(zero outside the steered heads) and acts at one of two points:
+
+- `pre_o_proj` (head space): each steered head's slice gets `a * v_h` added; the norm-preserving
+  mode keeps each steered slice's norm.
+- `post_o_proj` (model space): the projection's output gets `a * W v` added (`W v` is the
+  projection of the masked head-space vector, without bias); the norm-preserving mode keeps the
+  output's norm at every steered position.
+
+Gates act per head: a position's head is steered only where the gates are open for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpo.core.errors import UserError
+from hpo.core.vocabulary import HEAD_MODES, HEAD_POINTS
+from hpo.steering.handle import SteeringHandle, apply_mode, steer_positions
+
+ATTENTION_NAMES = ("self_attn", "attn", "attention")
+PROJECTION_NAMES = ("o_proj", "dense", "c_proj", "out_proj")
+
+
+def out_projection(block: nn.Module) -> nn.Module:
+    """A decoder block's attention output projection.
+
+    Raises:
+        UserError: no attention module, or none of the known projections in it (the message
+            names the children found, so a new family's layout can be added).
+    """
+    attention = next((getattr(block, n) for n in ATTENTION_NAMES if hasattr(block, n)), None)
+    if attention is None:
+        children = ", ".join(name for name, _ in block.named_children()) or "none"
+        raise UserError(
+            f"site heads needs an attention module ({', '.join(ATTENTION_NAMES)}) in "
+            f"{type(block).__name__}, whose children are: {children}"
+        )
+    for name in PROJECTION_NAMES:
+        proj = getattr(attention, name, None)
+        if isinstance(proj, nn.Module):
+            return proj
+    children = ", ".join(f"{n} ({type(m).__name__})" for n, m in attention.named_children())
+    raise UserError(
+        f"site heads needs an attention output projection ({', '.join(PROJECTION_NAMES)}) in "
+        f"{type(attention).__name__}, whose children are: {children or 'none'}"
+    )
+
+
+def head_width(proj: nn.Module) -> int:
+    """The width of an output projection's input (`heads * head_dim`)."""
+    width = getattr(proj, "in_features", None) or getattr(proj, "nx", None)
+    if not isinstance(width, int):
+        raise UserError(f"site heads: cannot tell the input width of {type(proj).__name__}")
+    return width
+
+
+def head_shape(model: nn.Module, blocks: nn.ModuleList) -> tuple[int, int]:
+    """`(heads, head_dim)` of the attention output projection's input.
+
+    Raises:
+        UserError: no projection (see `out_projection`), or an input width that is not a
+            whole number of heads.
+    """
+    config: Any = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", None)
+    proj = out_projection(blocks[0])
+    width = head_width(proj)
+    if not isinstance(heads, int) or width % heads:
+        raise UserError(
+            f"cannot split the {width}-wide input of {type(proj).__name__} into "
+            f"{heads} attention heads"
+        )
+    return heads, width // heads
+
+
+def head_mask(
+    heads: dict[int, tuple[int, ...]], n_heads: int, head_dim: int
+) -> dict[int, torch.Tensor]:
+    """Per layer, `[heads * head_dim]` bool: the slices of the steered heads."""
+    out = {}
+    for layer, chosen in heads.items():
+        mask = torch.zeros(n_heads, head_dim, dtype=torch.bool)
+        mask[list(chosen)] = True
+        out[layer] = mask.flatten()
+    return out
+
+
+def register_head_hooks(
+    handle: SteeringHandle,
+    blocks: nn.ModuleList,
+    heads: dict[int, tuple[int, ...]],
+    head_dim: int,
+    point: str,
+) -> list[Any]:
+    """Hooks steering `heads[L]` of every layer `L` in `handle.vectors` at `point`.
+
+    `handle.vectors[L]` is the head-space vector `[heads * head_dim]` added at alpha = 1.
+    Returns the hook handles (the caller removes them).
+    """
+    if point not in HEAD_POINTS:
+        raise UserError(f"head_point must be one of {list(HEAD_POINTS)}, got {point!r}")
+    if handle.mode not in HEAD_MODES:
+        raise UserError(f"head mode must be one of {list(HEAD_MODES)}, got {handle.mode!r}")
+    hooks = []
+    for layer in handle.vectors:
+        proj = out_projection(blocks[layer])
+        chosen = list(heads[layer])
+        make = _pre_hooks if point == "pre_o_proj" else _post_hooks
+        hooks.extend(make(handle, proj, layer, chosen, head_dim))
+    return hooks
+
+
+def _slices(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return x.unflatten(-1, (x.shape[-1] // head_dim, head_dim))
+
+
+def _pre_hooks(
+    handle: SteeringHandle, proj: nn.Module, layer: int, chosen: list[int], head_dim: int
+) -> list[Any]:
+    def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> Any:
+        if not handle.enabled:
+            return None
+        x = args[0]
+        start = handle.start_index(x.shape[1])
+        if start >= x.shape[1]:
+            return None
+        heads = _slices(x, head_dim)
+        index = torch.tensor(chosen, device=x.device)
+        picked = heads.index_select(2, index)  # [B, T, k, head_dim]
+        vector = _slices(handle.vectors[layer], head_dim).index_select(0, index)
+        a, mode = handle.layer_alpha(layer), handle.mode
+        mask = handle.open_mask(x.shape[:2], [(layer, h) for h in chosen], picked)
+        steered = steer_positions(picked, start, mask, lambda p: apply_mode(p, vector, a, mode))
+        out = heads.clone()
+        out[:, :, index] = steered
+        return (out.flatten(-2), *args[1:])
+
+    return [proj.register_forward_pre_hook(pre_hook)]
+
+
+def project(proj: nn.Module, v: torch.Tensor) -> torch.Tensor:
+    """The linear part of an output projection (no bias) applied to `v` `[..., in]`: `nn.Linear`
+    weights are `[out, in]`, GPT-2's `Conv1D` weights `[in, out]`."""
+    weight = getattr(proj, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise UserError(f"site heads: {type(proj).__name__} has no weight to project with")
+    if isinstance(proj, nn.Linear):
+        return torch.nn.functional.linear(v, weight)
+    return v @ weight
+
+
+def _post_hooks(
+    handle: SteeringHandle, proj: nn.Module, layer: int, chosen: list[int], head_dim: int
+) -> list[Any]:
+    state: dict[str, torch.Tensor | None] = {}
+
+    def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
+        state.clear()
+        gate = handle.gate
+        if not handle.enabled or gate is None or not gate.active:
+            return
+        x = args[0]
+        picked = _slices(x, head_dim)[:, :, chosen]
+        state["mask"] = handle.open_mask(x.shape[:2], [(layer, h) for h in chosen], picked)
+
+    def hook(_m: nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> Any:
+        if not handle.enabled:
+            return None
+        start = handle.start_index(output.shape[1])
+        if start >= output.shape[1]:
+            return None
+        vector, a, mode = handle.vectors[layer], handle.layer_alpha(layer), handle.mode
+        mask = state.pop("mask", None)
+        if mask is None:
+            delta = project(proj, vector)
+            return steer_positions(output, start, None, lambda o: apply_mode(o, delta, a, mode))
+        # Per position, only the open heads' slices of the vector are projected.
+        heads = _slices(vector, head_dim)
+        full = torch.zeros(*mask.shape[:2], *heads.shape, dtype=vector.dtype, device=vector.device)
+        full[:, :, chosen] = mask[..., None].to(vector.dtype) * heads[chosen]
+        per_position = project(proj, full.flatten(-2))
+        opened = mask.any(dim=-1)
+        return steer_positions(
+            output, start, opened, lambda o: apply_mode(o, per_position, a, mode)
+        )
+
+    return [proj.register_forward_pre_hook(pre_hook), proj.register_forward_hook(hook)]
