@@ -21,7 +21,7 @@ LATEST_TESTS ?= tests/hpo_tests/test_kv.py tests/hpo_tests/test_steering.py test
 	tests/hpo_tests/test_architectures.py tests/hpo_tests/test_replay.py \
 	tests/hpo_tests/test_replay_generation.py \
 	tests/hpo_tests/test_bundle.py tests/hpo_tests/test_residual.py \
-	tests/hpo_tests/test_activations.py tests/objectives_tests
+	tests/hpo_tests/test_activations.py tests/hpo_tests/test_heads.py tests/objectives_tests
 
 # The lowest transformers pyproject allows, the rest resolved around it by the lock tool.
 OLDEST_VENV ?= .venv-oldest
