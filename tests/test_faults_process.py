@@ -176,9 +176,8 @@ def test_a_worker_stopped_past_the_grace_period_discards_its_trial_and_carries_o
     assert retry.system_attrs["failed_trial"] == victim.number
     assert retry.state == TrialState.COMPLETE
     assert victim.params.items() <= retry.params.items()
-    # the resumed worker went on running trials after discarding its stale one
-    later = [t for t in study.trials if t.number > victim.number]
-    assert any(t.user_attrs.get("worker", "").endswith(f":{pid}") for t in later)
+    # The resumed worker carried on (exit 0, no restart above); whether budget was left for it
+    # to run another trial depends on how fast the other worker was, so that is not asserted.
 
 
 def test_two_optimize_at_once_on_a_new_study_both_finish_it_with_distinct_seeds(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -129,7 +130,20 @@ def serve(
         f"{artifacts_dir or 'none'}); Ctrl-C stops",
         flush=True,
     )
-    try:
-        run_server(storage, host=host, port=port, artifact_store=store)
-    except OSError as e:
+    # The server runs in a thread of its own: Ctrl-C and SIGTERM (a KeyboardInterrupt from the
+    # CLI) land in this thread, never inside a request, where wsgiref would log and carry on.
+    failed: list[OSError] = []
+
+    def run() -> None:
+        try:
+            run_server(storage, host=host, port=port, artifact_store=store)
+        except OSError as e:
+            failed.append(e)
+
+    server = threading.Thread(target=run, name="dashboard", daemon=True)
+    server.start()
+    while server.is_alive():
+        server.join(0.5)
+    if failed:
+        e = failed[0]
         raise UserError(f"dashboard cannot listen on {host}:{port}: {e.strerror or e}") from e

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from hpo.core.errors import TrialFailure, UserError
 from hpo.core.record import BASELINE_ATTR
-from storage import RetryStaleTrial
+from storage import RetryStaleTrial, rdb_of, trials_without_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,46 @@ def check_claim(study: optuna.Study, number: int, n_trials: int) -> None:
         raise OverBudget(f"over budget: {ahead} earlier trials already claim n_trials={n_trials}")
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail the RUNNING trials whose worker stopped sending heartbeats (they are then retried)."""
+# When this process first saw each RUNNING trial without a heartbeat: (study, trial id) -> time.
+_UNBORN: dict[tuple[str, int], float] = {}
+UNBORN_REASON = "worker died before its first heartbeat"
+
+
+def fail_stale_trials(study: optuna.Study, now: float | None = None) -> None:
+    """Fail the RUNNING trials whose worker stopped sending heartbeats (they are then retried),
+    and those that never sent one for a whole grace period (their worker died before its first
+    beat, which Optuna's own check never catches)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    _fail_unborn(study, time.monotonic() if now is None else now)
+
+
+def _fail_unborn(study: optuna.Study, now: float) -> None:
+    rdb = rdb_of(study)
+    if rdb is None or rdb.heartbeat_interval is None:
+        return
+    grace = rdb.grace_period or 2 * rdb.heartbeat_interval
+    ids = set(trials_without_heartbeat(study))
+    name = study.study_name
+    for key in [k for k in _UNBORN if k[0] == name and k[1] not in ids]:
+        del _UNBORN[key]  # it beat (or finished) since
+    for trial_id in sorted(ids):
+        first = _UNBORN.setdefault((name, trial_id), now)
+        if now - first <= grace:
+            continue
+        del _UNBORN[(name, trial_id)]
+        storage = study._storage  # through Optuna's cache, which holds the trial too
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", UNBORN_REASON)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished, or another worker failed it first
+        log.warning("trial id %d failed: %s (grace %ss)", trial_id, UNBORN_REASON, grace)
+        retry = rdb.get_heartbeat_stale_trial_callback()
+        if retry is not None:
+            retry(study, storage.get_trial(trial_id))
 
 
 def _finished_elsewhere(trial: optuna.Trial) -> bool:

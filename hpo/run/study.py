@@ -219,7 +219,8 @@ def _open_study(
             f"{socket.gethostname()}:{os.getpid()}:{time.time()}",
         )
     if stored is None:
-        _initialise(study, cfg, record, on_create)
+        if create or join:  # read-only verbs leave a study made by another tool as it is
+            _initialise(study, cfg, record, on_create)
     elif join:
         for note in security_notes(stored, cfg):
             log.warning(note)

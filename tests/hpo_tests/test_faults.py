@@ -72,3 +72,34 @@ def test_a_trial_failed_by_another_worker_while_this_one_slept_is_discarded(
     states = [t.state for t in study.get_trials()]
     assert states.count(TrialState.COMPLETE) == 3
     assert study.get_trials()[1].state == TrialState.FAIL
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retried(
+    tmp_path: Path,
+) -> None:
+    """Optuna fails only trials whose heartbeat went stale; one that never beat (its worker was
+    killed between creating it and the first beat) would block the study forever."""
+    from hpo.run.budget import UNBORN_REASON, fail_stale_trials
+
+    cfg = StorageConfig(heartbeat_interval=1, grace_period=2)
+    storage = create_storage(cfg, f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.enqueue_trial({"alpha": 0.0}, user_attrs={BASELINE_ATTR: True})
+    orphan = study.ask()  # RUNNING, and no heartbeat thread ever started for it
+    assert orphan.user_attrs[BASELINE_ATTR] is True
+
+    fail_stale_trials(study, now=100.0)  # first seen
+    fail_stale_trials(study, now=101.5)  # within the grace period: left alone
+    assert study.trials[0].state == TrialState.RUNNING
+    fail_stale_trials(study, now=102.5)
+    first, retry = study.trials
+    assert first.state == TrialState.FAIL
+    assert first.user_attrs["fail_reason"] == UNBORN_REASON
+    assert retry.state == TrialState.WAITING
+    assert retry.user_attrs[BASELINE_ATTR] is True  # the baseline is retried like any trial
+
+    beating = study.ask()  # the retry, now with a live heartbeat: never failed by this rule
+    storage.record_heartbeat(beating._trial_id)
+    fail_stale_trials(study, now=200.0)
+    fail_stale_trials(study, now=300.0)
+    assert study.trials[1].state == TrialState.RUNNING

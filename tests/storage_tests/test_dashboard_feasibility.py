@@ -22,7 +22,13 @@ import optuna
 import pytest
 from optuna.study import StudyDirection
 
-from hpo.core.record import BASELINE_ATTR, FEASIBLE_ATTR, named_constraints, record_constraints
+from hpo.core.record import (
+    BASELINE_ATTR,
+    CONFIG_ATTR,
+    FEASIBLE_ATTR,
+    named_constraints,
+    record_constraints,
+)
 from hpo.core.selection import pick_trial
 from hpo.monitor.dashboard import feasible_best_trials
 from tests.storage_tests.test_dashboard_storage import free_port, get
@@ -148,6 +154,10 @@ def test_the_dashboard_shows_the_feasible_winner_as_best_in_a_browser(
     )
     assert status.returncode == 0, status.stderr
     assert f"best      feasible trial {WINNER}: 0.6500" in status.stdout
+    # reading a study some other tool made writes nothing into it
+    again = optuna.load_study(study_name=study_name, storage=any_url)
+    assert len(again.trials) == len(TRIALS)
+    assert CONFIG_ATTR not in again.user_attrs
     keep = Path(
         os.environ.get("HPO_TEST_ARTIFACTS")
         or Path(tempfile.gettempdir()) / "steering-hpo-test-artifacts"
