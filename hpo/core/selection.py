@@ -26,7 +26,7 @@ from hpo.core.objective_metrics import (
     study_metrics,
     trial_metrics,
 )
-from hpo.core.record import is_baseline, is_feasible, steered_trials
+from hpo.core.record import is_baseline, is_feasible, named_constraints, steered_trials
 
 CONDITION = re.compile(r"^\s*(<=|>=|<|>|==)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 OPS: dict[str, Callable[[float, float], bool]] = {
@@ -165,7 +165,7 @@ def pick_trial(study: optuna.Study, number: int | None, rule: Rule | None = None
                 if not is_feasible(t):
                     raise UserError(
                         f"export.trial={number} is infeasible (it breaks its constraints, "
-                        f"fluency or kl: {t.constraints}); pick a feasible one"
+                        f"fluency or kl: {named_constraints(t)}); pick a feasible one"
                     )
                 return t
         raise UserError(

@@ -22,6 +22,7 @@ import optuna
 import pytest
 from optuna.study import StudyDirection
 
+from hpo.core.errors import UserError
 from hpo.core.record import (
     BASELINE_ATTR,
     CONFIG_ATTR,
@@ -219,3 +220,14 @@ def _check_history(traces: list[dict[str, Any]], study: optuna.Study) -> None:
     ]
     assert TRIALS[INFEASIBLE][1] not in feasible_points
     assert study.trials[INFEASIBLE].value == TRIALS[INFEASIBLE][1]
+
+
+def test_an_infeasible_export_trial_is_refused_naming_its_constraints_once(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = build(url, "s")
+    with pytest.raises(UserError, match=r"export\.trial=2 is infeasible") as refused:
+        pick_trial(study, INFEASIBLE)
+    assert "'kl': 3.0" in str(refused.value)
+    assert "'0'" not in str(refused.value)  # not the dashboard's numbered copies
