@@ -33,7 +33,8 @@ OLDEST_TRANSFORMERS ?= $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' p
 OLDEST_TESTS ?= tests/hpo_tests/test_kv.py tests/hpo_tests/test_steering.py \
 	tests/hpo_tests/test_modes.py tests/hpo_tests/test_architectures.py \
 	tests/hpo_tests/test_replay.py tests/hpo_tests/test_replay_generation.py \
-	tests/hpo_tests/test_bundle.py tests/hpo_tests/test_activations.py
+	tests/hpo_tests/test_bundle.py tests/hpo_tests/test_activations.py \
+	tests/hpo_tests/test_heads.py
 
 .PHONY: demo test test-latest test-oldest install dev lint system-deps lock bench bench-quick clean
 
