@@ -32,7 +32,7 @@ from hpo.core.record import (
 )
 from hpo.core.selection import pick_trial
 from hpo.monitor.dashboard import feasible_best_trials
-from tests.storage_tests.test_dashboard_storage import free_port, get
+from tests.storage_tests.test_dashboard_storage import get, serve_dashboard
 
 # number: (alpha, value, kl constraint); the baseline first, trial 2 scores highest but breaks kl.
 TRIALS = {
@@ -85,21 +85,6 @@ def test_the_feasible_front_leaves_out_an_infeasible_trial_that_dominates(
     assert WINNER in front
 
 
-def _serve(url: str, name: str, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    env = {**os.environ, "HPO_STORAGE_URL": url, "PYTHONUNBUFFERED": "1"}
-    storage = "storage=postgres" if url.startswith("postgresql") else "storage=sqlite"
-    args = [storage, f"study.name={name}", f"dashboard.port={port}", f"output_dir={tmp_path}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpo", "dashboard", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
 def _study_id(base: str, name: str, deadline: float, proc: subprocess.Popen[str]) -> int:
     summaries = json.loads(get(f"{base}/api/studies", deadline, proc))
     [found] = [s for s in summaries["study_summaries"] if s["study_name"] == name]
@@ -111,7 +96,7 @@ def test_the_dashboard_api_reports_constraints_and_the_feasible_multi_objective_
 ) -> None:
     (tmp_path / "run").mkdir(exist_ok=True)
     study = build(any_url, study_name, multi=True)
-    proc, base = _serve(any_url, study_name, tmp_path)
+    proc, base = serve_dashboard(any_url, study_name, tmp_path)
     try:
         deadline = time.monotonic() + 120
         study_id = _study_id(base, study_name, deadline, proc)
@@ -164,7 +149,7 @@ def test_the_dashboard_shows_the_feasible_winner_as_best_in_a_browser(
         or Path(tempfile.gettempdir()) / "steering-hpo-test-artifacts"
     )
     keep.mkdir(parents=True, exist_ok=True)
-    proc, base = _serve(any_url, study_name, tmp_path)
+    proc, base = serve_dashboard(any_url, study_name, tmp_path)
     try:
         deadline = time.monotonic() + 120
         study_id = _study_id(base, study_name, deadline, proc)

@@ -31,6 +31,25 @@ def get(url: str, deadline: float, proc: subprocess.Popen[str]) -> bytes:
             time.sleep(0.5)
 
 
+def serve_dashboard(
+    url: str, name: str, output_dir: Path, *extra: str
+) -> tuple[subprocess.Popen[str], str]:
+    """`hpo dashboard` on study `name` at `url` (the password stays off argv), on a free port;
+    returns the process and its base URL."""
+    port = free_port()
+    env = {**os.environ, "HPO_STORAGE_URL": url, "PYTHONUNBUFFERED": "1"}
+    storage = "storage=postgres" if url.startswith("postgresql") else "storage=sqlite"
+    args = [storage, f"study.name={name}", f"dashboard.port={port}", f"output_dir={output_dir}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "dashboard", *args, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def test_dashboard_serves_the_study_and_its_artifacts(
     any_url: str, study_name: str, tmp_path: Path
 ) -> None:
@@ -48,18 +67,8 @@ def test_dashboard_serves_the_study_and_its_artifacts(
         study_or_trial=trial,
     )
     study.tell(trial, 0.5)
-    port = free_port()
-    env = {**os.environ, "HPO_STORAGE_URL": any_url}  # the password stays off argv
-    storage = "storage=postgres" if any_url.startswith("postgresql") else "storage=sqlite"
-    args = [storage, f"study.name={study_name}", f"dashboard.port={port}"]
-    args += [f"artifacts_dir={artifacts}", f"output_dir={tmp_path}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpo", "dashboard", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    proc, base = serve_dashboard(any_url, study_name, tmp_path, f"artifacts_dir={artifacts}")
+    port = int(base.rsplit(":", 1)[1])
     try:
         deadline = time.monotonic() + 120
         summaries = json.loads(get(f"http://127.0.0.1:{port}/api/studies", deadline, proc))
