@@ -81,6 +81,7 @@ def regenerate(layers: list[int] | None = None, alphas: tuple[float, ...] = ALPH
 
     from hpo.run.layer_selection import rank_layers
     from hpo.run.tasks import load_task
+    from hpo.steering.application import Application
     from hpo.steering.attribution import log_odds
     from hpo.steering.hooks import steer
 
@@ -108,7 +109,12 @@ def regenerate(layers: list[int] | None = None, alphas: tuple[float, ...] = ALPH
             change = ""
             if alpha == alphas[0]:
                 vector = worker.builder.vector("caa", "mean", layer, "relative")
-                with steer(loaded.model, loaded.blocks, {layer: vector}, alpha, "all"):
+                with steer(
+                    loaded.model,
+                    loaded.blocks,
+                    {layer: vector},
+                    Application(alpha=alpha, positions="all"),
+                ):
                     steered = statistics.fmean(log_odds(loaded, pairs, q, reduce))
                 change = f"{steered - unsteered:.6f}"
             rows[(layer, alpha)] = {"score": result.value, "feasible": feasible, "logodds": change}

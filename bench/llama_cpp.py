@@ -444,10 +444,11 @@ def main(
         "unsteered": transformers_generate(model, tokenizer, task, prompts, scorer, None)
     }
     tf["bundle"] = transformers_generate(model, tokenizer, task, prompts, scorer, bundle)
-    own_positions = bundle.positions
-    bundle.positions = "all"
+    own = bundle.application
+    own_positions = own.positions
+    bundle.application = own.at("all")
     tf["all"] = transformers_generate(model, tokenizer, task, prompts, scorer, bundle)
-    bundle.positions = own_positions
+    bundle.application = own
     tf_seconds = time.perf_counter() - started
     print(f"transformers: {n} prompts x 3 in {tf_seconds:.0f} s", flush=True)
 
@@ -544,7 +545,7 @@ def main(
     help_line = syntax.pop("--help", "")
     lines = [
         f"Bundle `{_rel(bundle_path)}` (task {task.name}, layers {meta['layers']}, alpha "
-        f"{bundle.alpha:.4g}, mode {bundle.mode}, positions {own_positions}) on "
+        f"{bundle.alpha:.4g}, mode {bundle.application.mode}, positions {own_positions}) on "
         f"`{gguf.name}`: its {n} held-out test prompts, rendered with the chat template as hpo "
         f"renders them and passed raw to `{TARGET} -bf FILE --no-escape -no-cnv --temp 0 "
         f"--seed 0 -n {max_new}` (greedy; `-f` would drop the template's final newline). "

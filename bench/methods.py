@@ -19,6 +19,7 @@ from hpo.model.batching import pad_left
 from hpo.model.loading import LoadedModel, load_model
 from hpo.run.tasks import load_task
 from hpo.steering.activations import ActivationCache, extract_activations, load_or_build
+from hpo.steering.application import Application
 from hpo.steering.hooks import steer
 from hpo.steering.methods import VectorBuilder
 from objectives import make_objective
@@ -155,7 +156,12 @@ def forward_overhead_table(loaded: LoadedModel, quick: bool) -> str:
     def steered(mode: str, vecs: dict[int, torch.Tensor]) -> Callable[[], None]:
         def run() -> None:
             scales = {layer: 1 / len(vecs) for layer in vecs}
-            with steer(loaded.model, loaded.blocks, vecs, 0.5, "all", mode=mode, scales=scales):
+            with steer(
+                loaded.model,
+                loaded.blocks,
+                vecs,
+                Application(alpha=0.5, positions="all", mode=mode, scales=scales),
+            ):
                 forward()
 
         return run
@@ -167,7 +173,12 @@ def forward_overhead_table(loaded: LoadedModel, quick: bool) -> str:
         for mode in ("add", "add_norm_preserving", "ablate"):
             label = f"{mode}, {name}"
             variants[label] = steered(mode, vecs)
-            with steer(loaded.model, loaded.blocks, vecs, 0.5, "all", mode=mode):
+            with steer(
+                loaded.model,
+                loaded.blocks,
+                vecs,
+                Application(alpha=0.5, positions="all", mode=mode),
+            ):
                 hooks[label] = _hook_seconds(loaded.blocks, list(vecs), sample)
     times = interleaved(variants, rounds, shuffle_seed=0)
     intro = (
@@ -205,7 +216,12 @@ def generation_overhead_table(loaded: LoadedModel, quick: bool) -> str:
                 out = generate_ids(loaded.model, loaded.tokenizer, prompts, new)
             else:
                 vecs = {LAYER: vector}
-                with steer(loaded.model, loaded.blocks, vecs, alpha, positions, mode=mode) as h:
+                with steer(
+                    loaded.model,
+                    loaded.blocks,
+                    vecs,
+                    Application(alpha=alpha, positions=positions, mode=mode),
+                ) as h:
                     out = generate_ids(loaded.model, loaded.tokenizer, prompts, new, h)
             lengths[label] = sum(len(row) for row in out)
 
@@ -218,7 +234,10 @@ def generation_overhead_table(loaded: LoadedModel, quick: bool) -> str:
             label = f"{mode}, {positions}"
             variants[label] = generate(label, mode, positions)
             with steer(
-                loaded.model, loaded.blocks, {LAYER: vector}, alpha, positions, mode=mode
+                loaded.model,
+                loaded.blocks,
+                {LAYER: vector},
+                Application(alpha=alpha, positions=positions, mode=mode),
             ) as h:
                 h.prompt_length, h._past_length = width, 0  # the prompt pass
                 first = _hook_seconds(loaded.blocks, [LAYER], prefill)

@@ -49,6 +49,7 @@ def breakdown(worker: Any, cfg: Any, n: int) -> tuple[list[str], dict[str, list[
     """Run `n` real trials (TPE, SQLite) and split each one's wall time into phases."""
     import hpo.run.trial
     from hpo.run.study import open_study
+    from hpo.steering.application import Application
     from hpo.steering.hooks import steer
 
     study = open_study(cfg)
@@ -79,7 +80,7 @@ def breakdown(worker: Any, cfg: Any, n: int) -> tuple[list[str], dict[str, list[
     loaded = worker.loaded
 
     def install() -> None:
-        with steer(loaded.model, loaded.blocks, vec, 0.5, "all"):
+        with steer(loaded.model, loaded.blocks, vec, Application(alpha=0.5, positions="all")):
             pass
 
     hook = interleaved({"hook": install}, 200)["hook"]

@@ -13,6 +13,7 @@ exactly as before): `site` first (`residual` or `heads`); a heads trial samples 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import lru_cache
 from typing import Any
 
@@ -25,19 +26,11 @@ from optuna.distributions import (
 )
 
 from hpo.core.config import SearchSpaceConfig
+from hpo.core.directions import METHODS
 from hpo.core.errors import UserError
-from hpo.core.vocabulary import (
-    ADD_MODES,
-    AGGREGATIONS,
-    ALPHA_SCALES,
-    HEAD_MODES,
-    HEAD_POINTS,
-    METHODS,
-    MODES,
-    POSITIONS,
-    PROBE_GATES,
-    SITES,
-)
+from hpo.core.modes import MODES, head_modes, mode_named
+from hpo.core.positions import POSITIONS, positions_named
+from hpo.core.vocabulary import AGGREGATIONS, ALPHA_SCALES, HEAD_POINTS, PROBE_GATES, SITES
 from search_spaces._derived import Derived, layer_scale, parse_derived
 
 PARAMS = ("layer", "window", "mode", "alpha", "aggregation", "method", "positions")
@@ -48,7 +41,7 @@ LAYER_ALPHA = "layer_alpha"
 ABLATE_ALPHA = 1.0
 
 
-def _check_subset(name: str, values: list[str], allowed: tuple[str, ...]) -> None:
+def _check_subset(name: str, values: list[str], allowed: Collection[str]) -> None:
     if not values:
         raise UserError(f"search_space.{name} must list at least one of {list(allowed)}, got []")
     unknown = [v for v in values if v not in allowed]
@@ -144,7 +137,7 @@ def validate(space: SearchSpaceConfig, num_layers: int) -> None:
 def _validate_heads_and_gates(space: SearchSpaceConfig) -> None:
     _check_subset("site", space.site, SITES)
     _check_subset("head_point", space.head_point, HEAD_POINTS)
-    _check_subset("head_mode", space.head_mode, HEAD_MODES)
+    _check_subset("head_mode", space.head_mode, head_modes())
     _check_subset("probe_gate", space.probe_gate, PROBE_GATES)
     ratio = space.head_ratio
     if not 0.0 < ratio.low <= ratio.high <= 1.0:
@@ -256,7 +249,7 @@ def suggest(
     # mode before alpha (alpha depends on it); a one-value dimension draws nothing from the
     # sampler, so a space without new dimensions samples exactly as before they existed.
     mode = trial.suggest_categorical("mode", list(space.mode))
-    if mode in ADD_MODES or baseline:
+    if mode_named(mode).has_alpha or baseline:
         trial.suggest_float("alpha", space.alpha.low, space.alpha.high, log=space.alpha.log)
     trial.suggest_categorical("aggregation", list(space.aggregation))
     trial.suggest_categorical("method", list(space.method))
@@ -304,14 +297,14 @@ def resolve(params: dict[str, Any], space: SearchSpaceConfig) -> dict[str, Any]:
         out["method"] = "caa"
         return out
     out.setdefault("mode", "add")
-    if out["mode"] == "ablate":
+    if not mode_named(out["mode"]).has_alpha:
         out.setdefault("alpha", ABLATE_ALPHA)
     layers = steered_layers(out)
     if "layer_set" in out:
         out["layer"] = layers[0]
     out["window"] = len(layers)
     numbers = {"layer": out["layer"], "window": out["window"]}
-    if "alpha" in out and (out["mode"] in ADD_MODES or "alpha" in params):
+    if "alpha" in out and (mode_named(out["mode"]).has_alpha or "alpha" in params):
         numbers["alpha"] = out["alpha"]
     for d in derived_params(space):
         value = d.evaluate(numbers)
@@ -324,7 +317,7 @@ def layer_scales(params: dict[str, Any], space: SearchSpaceConfig) -> dict[int, 
     """Per-layer multiplier of alpha: `layer_alpha / alpha` (add modes), 1 for `ablate`."""
     layers = steered_layers(params)
     named = {d.name: d for d in derived_params(space)}
-    if params.get("mode", "add") == "ablate" or LAYER_ALPHA not in named:
+    if not mode_named(params.get("mode", "add")).has_alpha or LAYER_ALPHA not in named:
         return dict.fromkeys(layers, 1.0)
     scale = layer_scale(named[LAYER_ALPHA])
     values = {"layer": params["layer"], "window": len(layers)}
@@ -344,9 +337,7 @@ def baseline_params(space: SearchSpaceConfig) -> dict[str, Any]:
             out["head_ratio"] = space.head_ratio.low
         out.update(
             aggregation=space.aggregation[0],
-            positions="prompt_end_onward"
-            if "prompt_end_onward" in space.positions
-            else space.positions[0],
+            positions=_cheapest_positions(space),
             alpha=0.0,
         )
         return out | _baseline_gates(space)
@@ -357,18 +348,22 @@ def baseline_params(space: SearchSpaceConfig) -> dict[str, Any]:
     else:
         out["layer"] = (space.layers.low + space.layers.high) // 2
         out["window"] = space.window.low
-    adds = [m for m in space.mode if m in ADD_MODES]
+    adds = [m for m in space.mode if mode_named(m).has_alpha]
     out.update(
         aggregation=space.aggregation[0],
         method=space.method[0],
-        # alpha = 0 steers nothing: take the positions whose scoring is cheapest.
-        positions="prompt_end_onward"
-        if "prompt_end_onward" in space.positions
-        else space.positions[0],
+        positions=_cheapest_positions(space),
         mode=adds[0] if adds else space.mode[0],
         alpha=0.0,
     )
     return out | _baseline_gates(space)
+
+
+def _cheapest_positions(space: SearchSpaceConfig) -> str:
+    """alpha = 0 steers nothing: the positions whose scoring is cheapest (a reused prompt
+    prefix), else the first listed."""
+    reuse = [p for p in space.positions if positions_named(p).reuses_prompt_prefix]
+    return reuse[0] if reuse else space.positions[0]
 
 
 def _baseline_gates(space: SearchSpaceConfig) -> dict[str, Any]:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class UserError(ValueError):
     """A mistake the user can fix: bad config, bad data, unknown name, unusable bundle.
@@ -15,3 +20,11 @@ class TrialFailure(RuntimeError):
 
     The study marks that trial FAIL with this message and goes on.
     """
+
+
+def named(what: str, registry: Mapping[str, T], name: str) -> T:
+    """`registry[name]`, or a `UserError` naming the rule (`what`) and the known names."""
+    try:
+        return registry[name]
+    except (KeyError, TypeError):
+        raise UserError(f"{what} must be one of {list(registry)}, got {name!r}") from None

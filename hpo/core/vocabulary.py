@@ -1,17 +1,25 @@
-"""The search space's words (DESIGN.md vocabulary), shared by config, search space and code."""
+"""The search space's words, shared by config, search space and code.
+
+The names of methods, positions and modes are those of their registries
+(`hpo.core.directions.METHODS`, `hpo.core.positions.POSITIONS`, `hpo.core.modes.MODES`), taken
+when this module is imported; validators read the registries themselves, so an entry added at
+run time is accepted everywhere.
+"""
 
 from __future__ import annotations
 
+from hpo.core import directions, modes, positions
+
 AGGREGATIONS = ("last", "mean", "choice")
-METHODS = ("caa", "pca", "probe", "model_diff")
-POSITIONS = ("all", "prompt_end_onward", "generated")
-MODES = ("add", "add_norm_preserving", "ablate")
+METHODS = tuple(directions.METHODS)
+POSITIONS = tuple(positions.POSITIONS)
+MODES = tuple(modes.MODES)
 # Modes that add `alpha * vector` (alpha = 0 is the unsteered model); `ablate` has no alpha.
-ADD_MODES = ("add", "add_norm_preserving")
+ADD_MODES = modes.add_modes()
 ALPHA_SCALES = ("relative", "absolute")
-# Where a vector acts (seed 003): block outputs, or attention heads around the output projection.
+# Where a vector acts: block outputs, or attention heads around the output projection (CREST).
 SITES = ("residual", "heads")
 HEAD_POINTS = ("pre_o_proj", "post_o_proj")
-HEAD_MODES = ("add", "add_norm_preserving")
+HEAD_MODES = modes.head_modes()
 # The probe gate: off, steer where the probe sees the behaviour, or where it does not.
 PROBE_GATES = ("off", "present", "absent")

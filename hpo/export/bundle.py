@@ -27,6 +27,7 @@ from hpo.export.verify import (
     vector_relpath,
 )
 from hpo.model.blocks import find_blocks, num_hidden_layers
+from hpo.steering.application import Application
 from hpo.steering.gates import Gate
 from hpo.steering.heads import head_shape
 from hpo.steering.hooks import SteeringHandle, steer
@@ -49,34 +50,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Bundle:
-    """A loaded bundle: vectors by layer, the exported alpha, and how to apply them.
+    """A loaded bundle: vectors by layer, how to apply them, and the live alpha.
 
-    Layer `L` is steered by `alpha * scales[L]` along `vectors[L]` in `mode` (`add`,
-    `add_norm_preserving`, `ablate`; see `hpo.steering.hooks`), at `positions`. Site `heads`:
-    `vectors[L]` is a head-space vector steering `heads[L]` at `head_point`
-    (`hpo.steering.heads`); `gate`: the trigger / probe gate the study found
-    (`hpo.steering.gates`).
+    Layer `L` is steered along `vectors[L]` as `application` says (`alpha * scales[L]` in its
+    mode at its positions; site heads, gate: see `hpo.steering.application.Application`).
 
     Attributes:
-        alpha: multiplier used by `apply`; change it, also while a context is open (for
-            `ablate` it is the share of the component removed: 1 = all, 0 = none).
+        application: the exported application (what steering.json records).
+        alpha: multiplier used by `apply` (starts at `application.alpha`); change it, also while
+            a context is open (for `ablate` it is the share of the component removed: 1 = all,
+            0 = none).
         enabled: `False` makes an open `apply` context run the model unsteered.
     """
 
     path: Path
     meta: dict[str, Any]
     vectors: dict[int, torch.Tensor]
-    alpha: float
-    positions: str
-    mode: str = "add"
-    scales: dict[int, float] = field(default_factory=dict)
-    site: str = "residual"
-    heads: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    head_dim: int = 0
-    head_point: str = "pre_o_proj"
-    gate: Gate | None = None
+    application: Application
+    alpha: float = field(init=False)
     _handles: list[SteeringHandle] = field(default_factory=list, repr=False)
     _enabled: bool = True
+
+    def __post_init__(self) -> None:
+        self.alpha = self.application.alpha
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -106,9 +102,10 @@ class Bundle:
                 f"the model has {hidden}"
             )
         layers = num_hidden_layers(model)
-        if self.site == "heads":
+        app = self.application
+        if app.on_heads:
             shape = head_shape(model, find_blocks(model))
-            want_heads = (int(self.meta["application"]["n_heads"]), self.head_dim)
+            want_heads = (app.n_heads, app.head_dim)
             if shape != want_heads:
                 raise BundleError(
                     f"bundle {self.path} steers heads of {want_heads[0]} x {want_heads[1]}, "
@@ -180,19 +177,8 @@ class Bundle:
     def apply(self, model: Any) -> Iterator[SteeringHandle]:
         """Steer `model` while the context is open; hooks are removed on exit."""
         self.check_model(model)
-        with steer(
-            model,
-            find_blocks(model),
-            self.vectors,
-            self.alpha,
-            self.positions,
-            mode=self.mode,
-            scales=self.scales,
-            gate=self.gate,
-            heads=self.heads if self.site == "heads" else None,
-            head_dim=self.head_dim,
-            head_point=self.head_point,
-        ) as h:
+        with steer(model, find_blocks(model), self.vectors, self.application) as h:
+            h.alpha = self.alpha
             h.enabled = self._enabled
             self._handles.append(h)
             try:
@@ -238,21 +224,23 @@ def load_bundle(path: str | Path) -> Bundle:
                 f"bundle {root}: the probe gate needs a probe for every steered unit "
                 f"{sorted(units, key=str)}, got {sorted(probes, key=str)}"
             )
-    return Bundle(
-        path=root,
-        meta=meta,
-        vectors=vectors,
-        alpha=float(meta["alpha"]),
-        positions=application["positions"],
-        # Bundles written before modes and windows: add, alpha on every layer.
-        mode=application.get("mode", "add"),
-        scales={int(k): float(v) for k, v in application.get("scales", {}).items()},
-        site=application.get("site", "residual"),
-        heads=heads,
-        head_dim=int(application.get("head_dim", 0)),
-        head_point=application.get("head_point", "pre_o_proj"),
-        gate=gate,
-    )
+    try:
+        app = Application(
+            alpha=float(meta["alpha"]),
+            positions=application["positions"],
+            # Bundles written before modes and windows: add, alpha on every layer.
+            mode=application.get("mode", "add"),
+            scales={int(k): float(v) for k, v in application.get("scales", {}).items()},
+            site=application.get("site", "residual"),
+            heads=heads,
+            head_dim=int(application.get("head_dim", 0)),
+            n_heads=int(application.get("n_heads", 0)),
+            head_point=application.get("head_point", "pre_o_proj"),
+            gate=gate,
+        )
+    except UserError as e:
+        raise BundleError(f"bundle {root}: {e}") from e
+    return Bundle(path=root, meta=meta, vectors=vectors, application=app)
 
 
 def heads_keys(heads: dict[int, tuple[int, ...]]) -> list[tuple[int, int]]:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hpo.core.errors import UserError
+from hpo.core.modes import MODES
 
 ARCH = "controlvector"
 FILENAME = "control_vector.gguf"
@@ -60,10 +61,11 @@ def directions(
     """The float32 `direction.<L>` arrays llama.cpp adds: `alpha * vector` per layer.
 
     Raises:
-        ControlVectorError: a layer-0 vector (llama.cpp cannot steer block 0), or a mode other
-            than `add` (llama.cpp only adds).
+        ControlVectorError: a layer-0 vector (llama.cpp cannot steer block 0), or a mode that
+            is not a plain shift `h + alpha * v` (llama.cpp only adds).
     """
-    if mode != "add":
+    rule = MODES.get(mode)
+    if rule is None or not rule.shift:
         raise ControlVectorError(
             f"llama.cpp control vectors only add a direction, got application.mode={mode!r}"
         )

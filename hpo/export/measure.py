@@ -21,7 +21,7 @@ from hpo.core.stats import bootstrap_diff_ci, shows_gain
 from hpo.model.decoding import complete_each
 from hpo.run.tasks import load_task
 from hpo.run.worker import Plan, Worker
-from hpo.steering.hooks import steer_with
+from hpo.steering.hooks import steer
 from objectives import ScoreResult
 
 # Test prompts whose continuations the bundle records (and `hpo generate replay=true` replays).
@@ -181,7 +181,7 @@ def replay_samples(
     stop = cfg.task.objective.stop or None
     budget = cfg.task.objective.max_new_tokens
     plain = complete_each(loaded.model, loaded.tokenizer, ids, budget, stop_strings=stop)
-    with steer_with(loaded.model, loaded.blocks, plan.vectors, plan.application) as handle:
+    with steer(loaded.model, loaded.blocks, plan.vectors, plan.application) as handle:
         steered = complete_each(loaded.model, loaded.tokenizer, ids, budget, handle, stop)
     column = cfg.task.columns["prompt"]
     samples = []

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial
 from safetensors.torch import save_file
 
 from hpo.core.config import RunConfig
+from hpo.core.positions import positions_named
 from hpo.core.selection import Rule, front_record
 from hpo.core.version import __version__
 from hpo.export.bundle import SCHEMA_VERSION, STEERING_JSON, sha256_file, vector_relpath
@@ -134,7 +135,7 @@ def _control_vector(
         info["skipped"] = str(e)
         return info
     info["file"] = CONTROL_VECTOR
-    if positions != "all":
+    if not positions_named(positions).every:
         info["note"] = (
             f"llama.cpp adds the vector at every position; this bundle was tuned with "
             f"positions={positions}: `measured` holds the test split scored at every position, "
@@ -275,7 +276,7 @@ def write_bundle(
         # llama.cpp has one scale for all layers: each layer's alpha is folded in.
         steps = {layer: app.layer_alpha(layer) * v for layer, v in vectors.items()}
         meta["control_vector"] = _control_vector(tmp, meta, steps)
-        if meta["control_vector"]["file"] and app.positions != "all":
+        if meta["control_vector"]["file"] and not app.positions_rule.every:
             measured = everywhere(worker, plan, test)
             meta["control_vector"]["measured"] = measured
             if not measured["feasible"]:

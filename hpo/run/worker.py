@@ -10,6 +10,7 @@ import torch
 
 from hpo.core.config import RunConfig
 from hpo.core.errors import UserError
+from hpo.core.positions import positions_named
 from hpo.model.decoding import chat_prompt
 from hpo.model.loading import LoadedModel
 from hpo.run.tasks import kl_prompts
@@ -18,16 +19,13 @@ from hpo.steering.application import Application
 from hpo.steering.gates import Gate, trigger_token_ids
 from hpo.steering.head_vectors import HeadBank, layer_probes
 from hpo.steering.heads import head_shape
-from hpo.steering.hooks import steer_with
+from hpo.steering.hooks import steer
 from hpo.steering.methods import VectorBuilder
 from hpo.steering.probe import ProbeBank
 from hpo.steering.residual import ResidualCache, SteeredAbove
 from objectives import ConstrainedObjective, Objective, ScoreResult
 from objectives.kl import KLReference, build_reference, kl_per_prompt
 from search_spaces import layer_scales, resolve, steered_layers
-
-# Positions whose steering starts at the prompt's last token: the prefix before it is shared.
-PREFIX_POSITIONS = {"prompt_end_onward"}
 
 
 @dataclass(frozen=True)
@@ -198,7 +196,8 @@ class Worker:
                 f"task.max_prompt_tokens={limit}; long rows are refused, not truncated: shorten "
                 "them or raise the limit"
             )
-        prefix = bool(PREFIX_POSITIONS & set(self.cfg.search_space.positions))
+        rules = [positions_named(p) for p in self.cfg.search_space.positions]
+        prefix = any(rule.reuses_prompt_prefix for rule in rules)
         self.objective.precompute(self.loaded.model, prepared, prefix)
         return prepared
 
@@ -245,7 +244,9 @@ class Worker:
         # A trigger gate reads each sequence from its first token: no shared prompt prefix.
         trigger = app.gate is not None and bool(app.gate.trigger)
         reuse = (
-            app.positions in PREFIX_POSITIONS and getattr(prepared, "prefix", None) and not trigger
+            app.positions_rule.reuses_prompt_prefix
+            and getattr(prepared, "prefix", None)
+            and not trigger
         )
         kl_ref = self.kl_reference(split)
         residual = self.residual
@@ -254,10 +255,10 @@ class Worker:
             stand_in = SteeredAbove(residual, layer, vector, app.layer_alpha(layer))
             result = self.objective.score(stand_in, prepared, report, False)
             if kl_ref is not None:
-                with steer_with(loaded.model, loaded.blocks, vectors, app) as handle:
+                with steer(loaded.model, loaded.blocks, vectors, app) as handle:
                     self._add_kl(result, kl_ref, handle)
         else:
-            with steer_with(loaded.model, loaded.blocks, vectors, app) as handle:
+            with steer(loaded.model, loaded.blocks, vectors, app) as handle:
                 result = self.objective.score(loaded.model, prepared, report, bool(reuse))
                 if kl_ref is not None:
                     self._add_kl(result, kl_ref, handle)

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from hpo.core.errors import UserError
+from hpo.core.positions import Positions, positions_named
 from hpo.core.progress import progress
-from hpo.core.vocabulary import POSITIONS
 from hpo.model.batching import length_sorted_batches, pad_left
 from hpo.model.loading import LoadedModel
 from objectives import ContrastivePair
@@ -93,13 +93,12 @@ def _rows(
     return rows
 
 
-def _steered_mask(rows: Sequence[_Row], width: int, positions: str) -> torch.Tensor:
+def _steered_mask(rows: Sequence[_Row], width: int, positions: Positions) -> torch.Tensor:
     """`[rows, width]` 1.0 where the trial's hooks would add the vector (left padding)."""
     mask = torch.zeros(len(rows), width)
     for r, row in enumerate(rows):
         offset = width - len(row.ids)
-        start = {"all": 0, "prompt_end_onward": row.prompt_len - 1, "generated": row.prompt_len}
-        mask[r, offset + start[positions] :] = 1.0
+        mask[r, offset + positions.first(row.prompt_len) :] = 1.0
     return mask
 
 
@@ -212,8 +211,7 @@ def attribute_layers(
         UserError: an unknown positions / quantity / reduce, no pairs or no vectors, a layer
             outside the model.
     """
-    if positions not in POSITIONS:
-        raise UserError(f"positions must be one of {list(POSITIONS)}, got {positions!r}")
+    rule = positions_named(positions)
     _check(loaded, pairs, quantity, reduce)
     if not vectors:
         raise UserError("attribution needs at least one layer's vector, got none")
@@ -228,7 +226,7 @@ def attribute_layers(
     for batch in progress(batches, "attributing layers"):
         chunk = [rows[i] for i in batch]
         inputs = pad_left([r.ids for r in chunk], pad, device)
-        mask = _steered_mask(chunk, inputs["input_ids"].shape[1], positions).to(device)
+        mask = _steered_mask(chunk, inputs["input_ids"].shape[1], rule).to(device)
         eps = {
             layer: torch.zeros(len(chunk), device=device, requires_grad=True) for layer in layers
         }

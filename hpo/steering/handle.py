@@ -1,14 +1,9 @@
-"""The live state of a steering context and the arithmetic of a steering mode.
+"""The live state of a steering context, and how one application steers a slice of activations.
 
 Shared by the residual-stream hooks (`hpo.steering.hooks`) and the attention-head hooks
-(`hpo.steering.heads`). Modes (what a hook does to a steered activation `h`, with `a` the
-unit's alpha):
-
-- `add`: `h + a * v`.
-- `add_norm_preserving`: `h + a * v`, rescaled back to `|h|` (seed 003's norm preservation: the
-  direction turns, the magnitude the next module expects stays).
-- `ablate`: `h - a * (h . u) u` with `u = v / |v|`: at `a = 1` the component along the direction
-  is removed; the vector's length does not matter.
+(`hpo.steering.heads`). What a context applies is its `Application` (`handle.app`); the handle
+holds only what changes while the context is open. The modes' arithmetic is in
+`hpo.core.modes`.
 """
 
 from __future__ import annotations
@@ -19,8 +14,8 @@ from typing import Any
 import torch
 
 from hpo.core.errors import UserError
-from hpo.core.vocabulary import MODES
-from hpo.steering.gates import Gate, TriggerState
+from hpo.steering.application import Application
+from hpo.steering.gates import TriggerState
 
 
 @dataclass
@@ -28,23 +23,22 @@ class SteeringHandle:
     """Live controls of an active steering context.
 
     Attributes:
-        alpha: multiplier of every vector; change it between forward passes.
+        app: what is applied (positions, mode, per-layer scales, site, gate), fixed for the
+            context.
+        vectors: per steered layer, the vector at alpha = 1 (on the model's device and dtype; a
+            unit vector for a mode that needs one).
+        alpha: multiplier of every vector (`steer` starts it at `app.alpha`); change it between
+            forward passes.
         enabled: `False` runs the model unsteered without removing the hooks.
         prompt_length: tokens in the prompt (set by generation helpers); when `None`, a forward
             pass without cache treats its whole input as the prompt.
-        mode: `add`, `add_norm_preserving` or `ablate` (see the module docstring).
-        scales: per-layer multiplier of `alpha` (e.g. `1 / n` over an `n`-layer window).
-        gate: the conditions a position must meet to be steered (None: every position).
     """
 
+    app: Application
     vectors: dict[int, torch.Tensor]
     alpha: float
-    positions: str
     enabled: bool = True
     prompt_length: int | None = None
-    mode: str = "add"
-    scales: dict[int, float] = field(default_factory=dict)
-    gate: Gate | None = None
     _past_length: int = field(default=0, repr=False)
     # The trigger gate's `[B, T]` mask of the current forward chunk (None: no trigger gate).
     _trigger: torch.Tensor | None = field(default=None, repr=False)
@@ -52,23 +46,14 @@ class SteeringHandle:
 
     def start_index(self, seq_len: int) -> int:
         """First position of the current forward chunk that gets the vector."""
-        past = self._past_length
-        if self.positions == "all":
-            return 0
-        prompt = self.prompt_length if self.prompt_length is not None else past + seq_len
-        if past > 0 and self.prompt_length is None:
-            prompt = past  # decoding with a cache after an unannounced prompt
-        first = prompt - 1 if self.positions == "prompt_end_onward" else prompt
-        return max(first - past, 0)
-
-    def layer_alpha(self, layer: int) -> float:
-        """The multiplier applied at one layer: `alpha * scales[layer]`."""
-        return self.alpha * self.scales.get(layer, 1.0)
+        return self.app.positions_rule.first_steered(
+            self.prompt_length, self._past_length, seq_len
+        )
 
     def begin_chunk(self, past: int, ids: torch.Tensor | None) -> None:
         """Called before every model forward: where the chunk sits and the trigger mask."""
         self._past_length = past
-        gate = self.gate
+        gate = self.app.gate
         if gate is None or not gate.trigger:
             return
         if ids is None or ids.dim() != 2 or ids.is_floating_point():
@@ -84,7 +69,7 @@ class SteeringHandle:
 
         `key` / `acts`: the probe gate's unit key(s) and the unit's current activations.
         """
-        gate = self.gate
+        gate = self.app.gate
         if gate is None or not gate.active:
             return None
         rows, width = shape
@@ -103,24 +88,23 @@ class SteeringHandle:
         return mask
 
 
-def apply_mode(hidden: torch.Tensor, vector: torch.Tensor, a: float, mode: str) -> torch.Tensor:
-    """Steer activations `[..., D]` by `a` along `vector` in `mode` (see the module docstring).
+def steer_rows(
+    hidden: torch.Tensor,
+    app: Application,
+    vector: torch.Tensor,
+    a: float,
+    start: int,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """`hidden` `[B, T, ..., D]` steered by one application: its mode with alpha `a` along
+    `vector`, from position `start` on and where `mask` is open (see `steer_positions`).
 
-    For `ablate`, `vector` must already be a unit vector.
+    Every hook steers through here, so a hook serving several applications in one batch (one per
+    group of rows) can call it once per group with that group's rows, application, vector,
+    alpha and mask.
     """
-    if mode == "add":
-        return hidden + a * vector
-    if mode == "add_norm_preserving":
-        steered = hidden + a * vector
-        # In float32 so a bf16 model keeps its norms as well as its dtype allows.
-        before = hidden.float().norm(dim=-1, keepdim=True)
-        after = steered.float().norm(dim=-1, keepdim=True)
-        ratio = before / after.clamp_min(torch.finfo(torch.float32).tiny)
-        return (steered.float() * ratio).to(hidden.dtype)
-    if mode == "ablate":
-        along = (hidden * vector).sum(dim=-1, keepdim=True)
-        return hidden - a * along * vector
-    raise UserError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    mode = app.mode_rule
+    return steer_positions(hidden, start, mask, lambda h: mode.apply(h, vector, a))
 
 
 def steer_positions(

@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from hpo.core.errors import UserError
-from hpo.core.vocabulary import HEAD_MODES, HEAD_POINTS
-from hpo.steering.handle import SteeringHandle, apply_mode, steer_positions
+from hpo.steering.handle import SteeringHandle, steer_rows
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention")
 PROJECTION_NAMES = ("o_proj", "dense", "c_proj", "out_proj")
@@ -94,28 +93,20 @@ def head_mask(
     return out
 
 
-def register_head_hooks(
-    handle: SteeringHandle,
-    blocks: nn.ModuleList,
-    heads: dict[int, tuple[int, ...]],
-    head_dim: int,
-    point: str,
-) -> list[Any]:
-    """Hooks steering `heads[L]` of every layer `L` in `handle.vectors` at `point`.
+def register_head_hooks(handle: SteeringHandle, blocks: nn.ModuleList) -> list[Any]:
+    """Hooks steering `app.heads[L]` of every layer `L` in `handle.vectors` at `app.head_point`
+    (`app = handle.app`, checked when it was built).
 
     `handle.vectors[L]` is the head-space vector `[heads * head_dim]` added at alpha = 1.
     Returns the hook handles (the caller removes them).
     """
-    if point not in HEAD_POINTS:
-        raise UserError(f"head_point must be one of {list(HEAD_POINTS)}, got {point!r}")
-    if handle.mode not in HEAD_MODES:
-        raise UserError(f"head mode must be one of {list(HEAD_MODES)}, got {handle.mode!r}")
+    app = handle.app
     hooks = []
     for layer in handle.vectors:
         proj = out_projection(blocks[layer])
-        chosen = list(heads[layer])
-        make = _pre_hooks if point == "pre_o_proj" else _post_hooks
-        hooks.extend(make(handle, proj, layer, chosen, head_dim))
+        chosen = list(app.heads[layer])
+        make = _pre_hooks if app.head_point == "pre_o_proj" else _post_hooks
+        hooks.extend(make(handle, proj, layer, chosen, app.head_dim))
     return hooks
 
 
@@ -137,9 +128,10 @@ def _pre_hooks(
         index = torch.tensor(chosen, device=x.device)
         picked = heads.index_select(2, index)  # [B, T, k, head_dim]
         vector = _slices(handle.vectors[layer], head_dim).index_select(0, index)
-        a, mode = handle.layer_alpha(layer), handle.mode
+        app = handle.app
+        a = app.layer_alpha(layer, handle.alpha)
         mask = handle.open_mask(x.shape[:2], [(layer, h) for h in chosen], picked)
-        steered = steer_positions(picked, start, mask, lambda p: apply_mode(p, vector, a, mode))
+        steered = steer_rows(picked, app, vector, a, start, mask)
         out = heads.clone()
         out[:, :, index] = steered
         return (out.flatten(-2), *args[1:])
@@ -165,7 +157,7 @@ def _post_hooks(
 
     def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
         state.clear()
-        gate = handle.gate
+        gate = handle.app.gate
         if not handle.enabled or gate is None or not gate.active:
             return
         x = args[0]
@@ -178,19 +170,17 @@ def _post_hooks(
         start = handle.start_index(output.shape[1])
         if start >= output.shape[1]:
             return None
-        vector, a, mode = handle.vectors[layer], handle.layer_alpha(layer), handle.mode
+        app = handle.app
+        vector, a = handle.vectors[layer], app.layer_alpha(layer, handle.alpha)
         mask = state.pop("mask", None)
         if mask is None:
-            delta = project(proj, vector)
-            return steer_positions(output, start, None, lambda o: apply_mode(o, delta, a, mode))
+            return steer_rows(output, app, project(proj, vector), a, start, None)
         # Per position, only the open heads' slices of the vector are projected.
         heads = _slices(vector, head_dim)
         full = torch.zeros(*mask.shape[:2], *heads.shape, dtype=vector.dtype, device=vector.device)
         full[:, :, chosen] = mask[..., None].to(vector.dtype) * heads[chosen]
         per_position = project(proj, full.flatten(-2))
         opened = mask.any(dim=-1)
-        return steer_positions(
-            output, start, opened, lambda o: apply_mode(o, per_position, a, mode)
-        )
+        return steer_rows(output, app, per_position, a, start, opened)
 
     return [proj.register_forward_pre_hook(pre_hook), proj.register_forward_hook(hook)]

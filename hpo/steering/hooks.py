@@ -8,51 +8,26 @@ is the same with and without the cache, on every supported transformers version.
 
 Gates (`hpo.steering.gates`) narrow the steered positions further; a model pre-hook hands
 each forward chunk's token ids to the trigger gate. Site `heads` hooks the attention output
-projections instead of the blocks (`hpo.steering.heads`). The modes are in
-`hpo.steering.handle`.
+projections instead of the blocks (`hpo.steering.heads`). Modes: `hpo.core.modes`; positions
+rules: `hpo.core.positions`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from hpo.core.errors import UserError
-from hpo.core.vocabulary import HEAD_MODES, MODES, POSITIONS
 from hpo.model.kv import past_length
 from hpo.steering.application import Application
-from hpo.steering.gates import Gate
-from hpo.steering.handle import SteeringHandle, apply_mode, steer_positions
+from hpo.steering.handle import SteeringHandle, steer_rows
 from hpo.steering.heads import register_head_hooks
 
-__all__ = ["SteeringHandle", "apply_mode", "steer", "steer_with"]
-
-
-def steer_with(
-    model: nn.Module,
-    blocks: nn.ModuleList,
-    vectors: Mapping[int, torch.Tensor],
-    application: Application,
-) -> AbstractContextManager[SteeringHandle]:
-    """`steer` with a typed `Application` (alpha, positions, mode, per-layer scales, site,
-    heads, gates)."""
-    return steer(
-        model,
-        blocks,
-        vectors,
-        application.alpha,
-        application.positions,
-        mode=application.mode,
-        scales=application.scales,
-        gate=application.gate,
-        heads=application.heads if application.site == "heads" else None,
-        head_dim=application.head_dim,
-        head_point=application.head_point,
-    )
+__all__ = ["Application", "SteeringHandle", "steer"]
 
 
 @contextmanager
@@ -60,48 +35,33 @@ def steer(
     model: nn.Module,
     blocks: nn.ModuleList,
     vectors: Mapping[int, torch.Tensor],
-    alpha: float = 1.0,
-    positions: str = "all",
-    *,
-    mode: str = "add",
-    scales: Mapping[int, float] | None = None,
-    gate: Gate | None = None,
-    heads: Mapping[int, tuple[int, ...]] | None = None,
-    head_dim: int = 0,
-    head_point: str = "pre_o_proj",
+    app: Application | None = None,
 ) -> Iterator[SteeringHandle]:
-    """Steer the output of block `L` by `alpha * scales[L]` along `vectors[L]` in `mode`.
+    """Steer block `L`'s output by `app.layer_alpha(L)` along `vectors[L]` as `app` says.
 
-    With `heads` (site heads), `vectors[L]` lives in the input space of block `L`'s attention
-    output projection and steers the heads `heads[L]` (of `head_dim` each) at `head_point`.
-    `gate` steers only the positions it opens. Every hook is removed in `finally`, also when
-    the body raises.
+    `app` (default: `Application()`, add at every position with alpha 1) was checked when it
+    was built. At site heads `vectors[L]` lives in the input space of block `L`'s attention
+    output projection and steers the heads `app.heads[L]`. Every hook is removed in `finally`,
+    also when the body raises.
 
     Raises:
-        UserError: unknown positions or mode, a layer outside the model, a vector of the wrong
-            size, or a zero vector to ablate.
+        UserError: a layer outside the model, or a zero vector for a mode that needs a unit
+            vector.
     """
-    if positions not in POSITIONS:
-        raise UserError(f"positions must be one of {list(POSITIONS)}, got {positions!r}")
-    if mode not in MODES:
-        raise UserError(f"mode must be one of {list(MODES)}, got {mode!r}")
-    if heads is not None and mode not in HEAD_MODES:
-        raise UserError(f"site heads takes mode {list(HEAD_MODES)}, got {mode!r}")
+    app = Application() if app is None else app
     param = next(model.parameters())
     prepared: dict[int, torch.Tensor] = {}
     for layer, vector in vectors.items():
         if not 0 <= layer < len(blocks):
             raise UserError(f"layer must lie in [0, {len(blocks) - 1}], got {layer}")
         v = vector.detach().float()
-        if mode == "ablate":
+        if app.mode_rule.unit_vector:
             norm = v.norm()
             if not torch.isfinite(norm) or norm == 0:
-                raise UserError(f"cannot ablate a zero or non-finite vector at layer {layer}")
+                raise UserError(f"cannot {app.mode} a zero or non-finite vector at layer {layer}")
             v = v / norm
         prepared[layer] = v.to(device=param.device, dtype=param.dtype)
-    handle = SteeringHandle(
-        prepared, alpha, positions, mode=mode, scales=dict(scales or {}), gate=gate
-    )
+    handle = SteeringHandle(app, prepared, app.alpha)
 
     def pre_hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         # Never from one keyword's name: transformers 5.24 renamed `past_key_values` to `cache`.
@@ -116,19 +76,17 @@ def steer(
             start = handle.start_index(hidden.shape[1])
             if start >= hidden.shape[1]:
                 return output
-            a, vector, mode = handle.layer_alpha(layer), handle.vectors[layer], handle.mode
+            a = app.layer_alpha(layer, handle.alpha)
             mask = handle.open_mask(hidden.shape[:2], layer, hidden)
-            steered = steer_positions(
-                hidden, start, mask, lambda h: apply_mode(h, vector, a, mode)
-            )
+            steered = steer_rows(hidden, app, handle.vectors[layer], a, start, mask)
             return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
         return hook
 
     hooks = [model.register_forward_pre_hook(pre_hook, with_kwargs=True)]
     try:
-        if heads is not None:
-            hooks.extend(register_head_hooks(handle, blocks, dict(heads), head_dim, head_point))
+        if app.on_heads:
+            hooks.extend(register_head_hooks(handle, blocks))
         else:
             for layer in prepared:
                 hooks.append(blocks[layer].register_forward_hook(make_hook(layer)))

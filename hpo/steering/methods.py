@@ -1,15 +1,5 @@
-"""Steering methods: contrastive activations in, one direction per layer out.
-
-Every method reads the activation cache (`[pairs, H]` per layer and aggregation), so building a
-trial's vector takes milliseconds and never re-runs the model:
-
-- `caa`: mean(positive) - mean(negative).
-- `pca`: first principal component of the centred paired differences, sign-aligned with the
-  mean difference; its raw size is the mean difference's component along it.
-- `probe`: the weight of a logistic regression separating positive from negative activations
-  (`hpo.steering.probe`); its raw size is likewise the mean difference's component along it.
-- `model_diff`: mean(finetuned) - mean(base) over the same texts (seed 001), from a second
-  cache of the finetuned model.
+"""The vector builder: a trial's vectors from the activation cache(s), through the method
+registry (`hpo.core.directions.METHODS`), remembering fitted probes.
 """
 
 from __future__ import annotations
@@ -18,46 +8,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hpo.core.directions import along, caa, method_named, model_diff, pca
 from hpo.core.errors import TrialFailure, UserError
-from hpo.core.vocabulary import METHODS
 from hpo.steering.activations import ActivationCache
 from hpo.steering.probe import train_probe
 
-
-def caa(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    """Contrastive activation addition: mean(positive) - mean(negative), `[pairs, H]` -> `[H]`."""
-    return (positive - negative).mean(dim=0)
-
-
-def along(direction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """`direction` (any length) sized to `reference`'s component along it, sign kept."""
-    unit = direction / direction.norm()
-    return unit * (reference @ unit).abs()
-
-
-def pca(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    """First principal component of the centred paired differences, sign-aligned to their mean.
-
-    Raises:
-        TrialFailure: the differences do not vary (no principal direction).
-    """
-    diffs = (positive - negative).double()
-    mean = diffs.mean(dim=0)
-    _, s, vh = torch.linalg.svd(diffs - mean, full_matrices=False)
-    # Below float32 rounding of the differences themselves: no direction to find.
-    if s.numel() == 0 or s[0] <= 1e-5 * float(diffs.norm(dim=1).max()):
-        raise TrialFailure("pca: the paired differences have no variance (too few pairs?)")
-    pc = vh[0]
-    if pc @ mean < 0:
-        pc = -pc
-    return along(pc, mean).float()
-
-
-def model_diff(
-    base: tuple[torch.Tensor, torch.Tensor], finetuned: tuple[torch.Tensor, torch.Tensor]
-) -> torch.Tensor:
-    """mean(finetuned) - mean(base) over the same texts (both completions of every pair)."""
-    return torch.cat(finetuned).mean(dim=0) - torch.cat(base).mean(dim=0)
+__all__ = ["VectorBuilder", "along", "build_vector", "caa", "model_diff", "pca"]
 
 
 @dataclass
@@ -82,28 +38,9 @@ class VectorBuilder:
 
     def direction(self, method: str, aggregation: str, layer: int) -> torch.Tensor:
         """The raw method vector at one layer (the `absolute` scale)."""
-        if method not in METHODS:
-            raise UserError(f"method must be one of {list(METHODS)}, got {method!r}")
+        build = method_named(method)
         pos, neg = self.cache.pair(aggregation, layer)
-        if method == "caa":
-            return caa(pos, neg)
-        if method == "pca":
-            return pca(pos, neg)
-        if method == "probe":
-            key = (aggregation, layer)
-            if key not in self._probes:
-                fit = train_probe(pos, neg, self.seed)
-                self._probes[key] = (along(fit.direction, caa(pos, neg)), fit.accuracy)
-            vector, accuracy = self._probes[key]
-            if accuracy is not None:
-                self._accuracies.append(accuracy)
-            return vector
-        if self.finetuned is None:
-            raise UserError(
-                "method model_diff needs the finetuned model's activations: set "
-                "model_diff.name_or_path, got none"
-            )
-        return model_diff((pos, neg), self.finetuned.pair(aggregation, layer))
+        return build(pos, neg, _LayerContext(self, aggregation, layer))
 
     def vector(self, method: str, aggregation: str, layer: int, alpha_scale: str) -> torch.Tensor:
         """The vector added at alpha = 1 for one layer.
@@ -129,6 +66,33 @@ class VectorBuilder:
             # Mean held-out accuracy over the steered layers' probes.
             self.info["probe_accuracy"] = sum(self._accuracies) / len(self._accuracies)
         return out
+
+
+@dataclass
+class _LayerContext:
+    """`hpo.core.directions.DirectionContext` at one layer and aggregation of a builder."""
+
+    builder: VectorBuilder
+    aggregation: str
+    layer: int
+
+    def probe(self, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        b, key = self.builder, (self.aggregation, self.layer)
+        if key not in b._probes:
+            fit = train_probe(positive, negative, b.seed)
+            b._probes[key] = (along(fit.direction, caa(positive, negative)), fit.accuracy)
+        vector, accuracy = b._probes[key]
+        if accuracy is not None:
+            b._accuracies.append(accuracy)
+        return vector
+
+    def finetuned(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.builder.finetuned is None:
+            raise UserError(
+                "method model_diff needs the finetuned model's activations: set "
+                "model_diff.name_or_path, got none"
+            )
+        return self.builder.finetuned.pair(self.aggregation, self.layer)
 
 
 def build_vector(

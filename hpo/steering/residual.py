@@ -64,9 +64,9 @@ class ResidualCache:
     def applies(self, application: Application, vectors: dict[int, torch.Tensor]) -> bool:
         """Whether a trial can take the cached path: one vector added at every position."""
         return (
-            application.positions == "all"
-            and application.mode == "add"
-            and application.site == "residual"
+            application.positions_rule.every
+            and application.mode_rule.shift
+            and not application.on_heads
             and not application.gated
             and len(vectors) == 1
             and self.exact is not False
@@ -203,5 +203,5 @@ def _full_steered(
     keep: dict[str, int],
 ) -> Any:
     """Fallback: a full forward steered by the one add hook (`hpo.steering.hooks.steer`)."""
-    with steer(cache.model, cache.blocks, {layer: vector}, alpha):
+    with steer(cache.model, cache.blocks, {layer: vector}, Application(alpha=alpha)):
         return cache.model(**inputs, use_cache=False, **keep)

@@ -23,6 +23,7 @@ from hpo.model.blocks import find_blocks, num_hidden_layers
 from hpo.model.decoding import generate_ids
 from hpo.model.loading import load_model, local_model_dir
 from hpo.steering.activations import ActivationCache, extract_activations
+from hpo.steering.application import Application
 from hpo.steering.hooks import steer
 from objectives import ChoiceProbability, ContrastivePair
 from tests.conftest import unit
@@ -153,7 +154,9 @@ def test_alpha_zero_reproduces_unsteered_logits_exactly(
     blocks = find_blocks(model)
     inputs = pad_left([list(p) for p in PROMPTS], PAD.pad_token_id)
     plain = _logits(model, **inputs)
-    with steer(model, blocks, {0: unit(HIDDEN), LAYERS - 1: unit(HIDDEN, 1)}, alpha=0.0):
+    with steer(
+        model, blocks, {0: unit(HIDDEN), LAYERS - 1: unit(HIDDEN, 1)}, Application(alpha=0.0)
+    ):
         steered = _logits(model, **inputs)
     assert torch.equal(plain, steered)
 
@@ -168,7 +171,9 @@ def test_steered_generation_matches_with_and_without_kv_cache(
     plain = generate_ids(model, PAD, prompts, 8)
 
     def run(use_cache: bool) -> list[list[int]]:
-        with steer(model, blocks, {1: unit(HIDDEN) * 8.0}, 1.0, positions) as handle:
+        with steer(
+            model, blocks, {1: unit(HIDDEN) * 8.0}, Application(alpha=1.0, positions=positions)
+        ) as handle:
             return generate_ids(model, PAD, prompts, 8, handle, use_cache=use_cache)
 
     with_cache = run(True)
@@ -182,7 +187,12 @@ def test_no_hook_remains_after_an_exception(family_model: tuple[str, nn.Module, 
     before = _hook_count(model)
     with (
         pytest.raises(RuntimeError, match="boom"),
-        steer(model, blocks, {0: unit(HIDDEN), 2: unit(HIDDEN)}, 1.0, "all"),
+        steer(
+            model,
+            blocks,
+            {0: unit(HIDDEN), 2: unit(HIDDEN)},
+            Application(alpha=1.0, positions="all"),
+        ),
     ):
         assert _hook_count(model) > before
         raise RuntimeError("boom")
@@ -248,7 +258,12 @@ def test_activation_cache_and_prefix_reuse_work_end_to_end(
     )
     objective.build_prefix(loaded.model, prepared)
     plain = objective.score(loaded.model, prepared)
-    with steer(loaded.model, loaded.blocks, {1: unit(HIDDEN) * 8.0}, 1.0, "prompt_end_onward"):
+    with steer(
+        loaded.model,
+        loaded.blocks,
+        {1: unit(HIDDEN) * 8.0},
+        Application(alpha=1.0, positions="prompt_end_onward"),
+    ):
         full = objective.score(loaded.model, prepared, reuse_prefix=False)
         reused = objective.score(loaded.model, prepared, reuse_prefix=True)
     assert reused.per_item == pytest.approx(full.per_item, abs=1e-5)

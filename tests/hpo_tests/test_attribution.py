@@ -13,6 +13,7 @@ from hpo.model.loading import LoadedModel
 from hpo.run.tasks import load_task
 from hpo.run.worker import Worker
 from hpo.steering.activations import load_or_build
+from hpo.steering.application import Application
 from hpo.steering.attribution import attribute_layers, log_odds
 from hpo.steering.hooks import steer
 from objectives import ContrastivePair, make_objective
@@ -41,7 +42,12 @@ def test_attribution_equals_a_finite_difference_of_the_steered_quantity(
     def steered(alpha: float, layer: int) -> float:
         total = 0.0
         for pair in PAIRS:  # one pair at a time: the hooks' prompt length is the pair's
-            with steer(tiny.model, tiny.blocks, {layer: vectors[layer]}, alpha, positions) as s:
+            with steer(
+                tiny.model,
+                tiny.blocks,
+                {layer: vectors[layer]},
+                Application(alpha=alpha, positions=positions),
+            ) as s:
                 s.prompt_length = len(tiny.tokenizer.encode(pair.prompt))
                 total += log_odds(tiny, [pair], quantity)[0]
         return total / len(PAIRS)
@@ -98,7 +104,9 @@ def test_top_layer_on_the_shipped_model_predicts_the_sign_of_a_real_steered_chan
     alpha = 0.3 * sign
 
     before = sum(log_odds(smollm2, pairs)) / len(pairs)
-    with steer(smollm2.model, smollm2.blocks, {top.layer: vectors[top.layer]}, alpha):
+    with steer(
+        smollm2.model, smollm2.blocks, {top.layer: vectors[top.layer]}, Application(alpha=alpha)
+    ):
         after = sum(log_odds(smollm2, pairs)) / len(pairs)
     assert (after - before) * sign > 0
 

@@ -15,6 +15,7 @@ from hpo.core.selection import pick_trial
 from hpo.export.bundle import STEERING_JSON, sha256_file
 from hpo.export.writer import write_bundle
 from hpo.model.loading import LoadedModel
+from hpo.steering.application import Application
 from hpo.steering.hooks import steer
 from tests.conftest import run_readme_example, tokens
 from tests.hpo_tests.test_study import run_study, tiny_run
@@ -39,7 +40,12 @@ def test_bundle_steers_like_the_raw_hooks(tiny_bundle: Path, tiny: LoadedModel) 
     with torch.inference_mode():
         with bundle.apply(tiny.model):
             via_bundle = tiny.model(ids).logits
-        with steer(tiny.model, tiny.blocks, bundle.vectors, bundle.alpha, bundle.positions):
+        with steer(
+            tiny.model,
+            tiny.blocks,
+            bundle.vectors,
+            Application(alpha=bundle.alpha, positions=bundle.application.positions),
+        ):
             via_hooks = tiny.model(ids).logits
     assert torch.equal(via_bundle, via_hooks)
 

@@ -15,7 +15,7 @@ from hpo.core.selection import pick_trial
 from hpo.export.bundle import STEERING_JSON
 from hpo.export.control_vector import FILENAME as CONTROL_VECTOR
 from hpo.export.writer import write_bundle
-from hpo.steering.hooks import steer_with
+from hpo.steering.hooks import steer
 from search_spaces import distributions, suggest
 from tests.conftest import compose_run, tiny_overrides
 from tests.hpo_tests.test_study import run_study
@@ -97,7 +97,7 @@ def test_a_heads_bundle_replays_the_trials_steering_and_skips_the_control_vector
         plain = model(ids).logits
         with bundle.apply(model):
             via_bundle = model(ids).logits
-        with steer_with(model, blocks, plan.vectors, plan.application):
+        with steer(model, blocks, plan.vectors, plan.application):
             via_plan = model(ids).logits
     assert torch.equal(via_bundle, via_plan)
     assert not torch.equal(via_bundle, plain)

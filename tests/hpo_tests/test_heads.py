@@ -16,6 +16,7 @@ from torch import nn
 from hpo import UserError
 from hpo.model.blocks import find_blocks
 from hpo.model.decoding import generate_ids
+from hpo.steering.application import Application
 from hpo.steering.gates import Gate, TriggerState
 from hpo.steering.heads import head_shape, out_projection
 from hpo.steering.hooks import steer
@@ -66,7 +67,8 @@ def _spy_output(module: nn.Module, store: list[torch.Tensor]) -> Any:
 def _steer_heads(model: nn.Module, vector: torch.Tensor, alpha: float, **kw: Any) -> Any:
     _n, head_dim = head_shape(model, find_blocks(model))
     kw.setdefault("heads", {LAYER: (HEAD,)})
-    return steer(model, find_blocks(model), {LAYER: vector}, alpha, head_dim=head_dim, **kw)
+    app = Application(alpha=alpha, site="heads", head_dim=head_dim, **kw)
+    return steer(model, find_blocks(model), {LAYER: vector}, app)
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -231,7 +233,7 @@ def test_gated_residual_steering_leaves_ungated_positions_exactly_unchanged(
         model(input_ids=_ids())
         spy.remove()
         gate = _probe_gate(LAYER, plain[0])
-        with steer(model, blocks, {LAYER: vector}, 1.0, gate=gate):
+        with steer(model, blocks, {LAYER: vector}, Application(alpha=1.0, gate=gate)):
             spy = _spy_output(blocks[LAYER], steered)
             model(input_ids=_ids())
             spy.remove()
@@ -269,7 +271,7 @@ def test_cached_and_uncached_generation_agree_with_a_gate_on(
     if site == "heads":
         _n_heads, head_dim = head_shape(model, find_blocks(model))
         vector, dim, keys = _head_vector(model, scale=20.0), head_dim, [(LAYER, HEAD)]
-        extra: dict[str, Any] = {"heads": {LAYER: (HEAD,)}, "head_dim": head_dim}
+        extra: dict[str, Any] = {"site": "heads", "heads": {LAYER: (HEAD,)}, "head_dim": head_dim}
     else:
         dim = HIDDEN
         torch.manual_seed(5)
@@ -281,7 +283,8 @@ def test_cached_and_uncached_generation_agree_with_a_gate_on(
         gate = Gate(trigger="t", trigger_ids=common, probe=side, threshold=0.5, probes=probes)
 
         def run(use_cache: bool, gate: Gate = gate) -> list[list[int]]:
-            with steer(model, blocks, {LAYER: vector}, 1.0, "generated", gate=gate, **extra) as h:
+            app = Application(alpha=1.0, positions="generated", gate=gate, **extra)
+            with steer(model, blocks, {LAYER: vector}, app) as h:
                 return generate_ids(model, PAD, prompts, 8, h, use_cache=use_cache)
 
         cached = run(True)

@@ -9,6 +9,7 @@ import torch
 
 from hpo.model.kv import cache_keyword, output_cache, past_length, with_cache
 from hpo.model.loading import LoadedModel
+from hpo.steering.application import Application
 from hpo.steering.hooks import steer
 from tests.conftest import tokens, unit
 
@@ -56,7 +57,10 @@ def test_steered_decoding_step_by_step_matches_one_uncached_pass(
     full = torch.tensor(tokens(tiny, "The cat sat on the mat and then"))
     prompt_len = full.shape[1] - 3
     vectors = {1: unit(tiny.shape.hidden_size, 3)}
-    with torch.inference_mode(), steer(model, blocks, vectors, 4.0, positions) as handle:
+    with (
+        torch.inference_mode(),
+        steer(model, blocks, vectors, Application(alpha=4.0, positions=positions)) as handle,
+    ):
         handle.prompt_length = prompt_len
         whole = model(input_ids=full, use_cache=False).logits
         out = model(input_ids=full[:, :prompt_len], use_cache=True)

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from hpo import MODES, POSITIONS, UserError
+from hpo.core.modes import mode_named
 from hpo.model.batching import pad_left
 from hpo.model.decoding import generate_ids
 from hpo.model.loading import LoadedModel
-from hpo.steering.hooks import apply_mode, steer
+from hpo.steering.application import Application
+from hpo.steering.hooks import steer
 from tests.conftest import tokens, unit
 
 PROMPTS = ("The weather today is", "My favourite food is a very long")
@@ -60,7 +62,12 @@ def _steered_states(
     vector = _main_direction(loaded, 1) if mode == "ablate" else unit(64, 3) * 4.0
     with (
         captured(loaded, 1) as seen,
-        steer(loaded.model, loaded.blocks, {1: vector}, alpha, positions, mode=mode),
+        steer(
+            loaded.model,
+            loaded.blocks,
+            {1: vector},
+            Application(alpha=alpha, positions=positions, mode=mode),
+        ),
     ):
         after = _after_hook(loaded, 1, seen)  # registered after steer's hook: sees its output
         try:
@@ -100,12 +107,12 @@ def test_ablate_only_touches_the_steered_positions(tiny: LoadedModel) -> None:
 def test_apply_mode_closed_forms() -> None:
     h = torch.tensor([[3.0, 4.0]])
     v = torch.tensor([1.0, 0.0])
-    assert torch.equal(apply_mode(h, v, 2.0, "add"), torch.tensor([[5.0, 4.0]]))
-    kept = apply_mode(h, v, 2.0, "add_norm_preserving")
+    assert torch.equal(mode_named("add").apply(h, v, 2.0), torch.tensor([[5.0, 4.0]]))
+    kept = mode_named("add_norm_preserving").apply(h, v, 2.0)
     assert kept.norm().item() == pytest.approx(5.0)
     assert torch.allclose(kept, torch.tensor([[5.0, 4.0]]) * 5.0 / 41**0.5)
-    assert torch.equal(apply_mode(h, v, 1.0, "ablate"), torch.tensor([[0.0, 4.0]]))
-    assert torch.equal(apply_mode(h, v, 0.5, "ablate"), torch.tensor([[1.5, 4.0]]))
+    assert torch.equal(mode_named("ablate").apply(h, v, 1.0), torch.tensor([[0.0, 4.0]]))
+    assert torch.equal(mode_named("ablate").apply(h, v, 0.5), torch.tensor([[1.5, 4.0]]))
 
 
 @pytest.mark.parametrize("mode", ["add", "add_norm_preserving", "ablate"])
@@ -117,7 +124,12 @@ def test_alpha_zero_reproduces_the_unsteered_logits_exactly_over_a_window(
     with torch.inference_mode():
         plain = tiny.model(**inputs).logits
         scales = {1: 0.5, 2: 0.5}
-        with steer(tiny.model, tiny.blocks, vectors, 0.0, "all", mode=mode, scales=scales) as h:
+        with steer(
+            tiny.model,
+            tiny.blocks,
+            vectors,
+            Application(alpha=0.0, positions="all", mode=mode, scales=scales),
+        ) as h:
             zero = tiny.model(**inputs).logits
             h.alpha = 1.0
             steered = tiny.model(**inputs).logits
@@ -129,9 +141,11 @@ def test_a_window_adds_alpha_times_each_layers_scale(tiny: LoadedModel) -> None:
     inputs = pad_left(tokens(tiny, PROMPTS[0]), tiny.tokenizer.pad_token_id)
     vectors = {1: unit(64) * 3, 2: unit(64, 1) * 3}
     with torch.inference_mode():
-        with steer(tiny.model, tiny.blocks, vectors, 0.9, scales={1: 1 / 3, 2: 1 / 3}):
+        with steer(
+            tiny.model, tiny.blocks, vectors, Application(alpha=0.9, scales={1: 1 / 3, 2: 1 / 3})
+        ):
             split = tiny.model(**inputs).logits
-        with steer(tiny.model, tiny.blocks, vectors, 0.9 / 3):
+        with steer(tiny.model, tiny.blocks, vectors, Application(alpha=0.9 / 3)):
             direct = tiny.model(**inputs).logits
     assert torch.allclose(split, direct, atol=1e-6)
 
@@ -151,7 +165,12 @@ def test_steered_generation_matches_with_and_without_kv_cache_in_every_mode(
     alpha = 3.0 if mode == "ablate" else 1.0
 
     def run(use_cache: bool) -> list[list[int]]:
-        with steer(tiny.model, tiny.blocks, vectors, alpha, positions, mode=mode) as handle:
+        with steer(
+            tiny.model,
+            tiny.blocks,
+            vectors,
+            Application(alpha=alpha, positions=positions, mode=mode),
+        ) as handle:
             return generate_ids(tiny.model, tiny.tokenizer, prompts, 10, handle, use_cache)
 
     plain = generate_ids(tiny.model, tiny.tokenizer, prompts, 10)
@@ -169,7 +188,12 @@ def test_ablating_generated_positions_matches_with_and_without_kv_cache_on_smoll
     prompts = tokens(smollm2, *PROMPTS)
 
     def run(use_cache: bool) -> list[list[int]]:
-        with steer(smollm2.model, smollm2.blocks, vectors, 1.0, "generated", mode="ablate") as h:
+        with steer(
+            smollm2.model,
+            smollm2.blocks,
+            vectors,
+            Application(alpha=1.0, positions="generated", mode="ablate"),
+        ) as h:
             return generate_ids(smollm2.model, smollm2.tokenizer, prompts, 8, h, use_cache)
 
     plain = generate_ids(smollm2.model, smollm2.tokenizer, prompts, 8)
@@ -187,7 +211,12 @@ def test_no_hook_remains_after_an_exception_in_any_mode(tiny: LoadedModel, mode:
     before = _hooks(tiny.model)
     with (
         pytest.raises(RuntimeError, match="boom"),
-        steer(tiny.model, tiny.blocks, {0: unit(64), 3: unit(64, 2)}, 1.0, mode=mode),
+        steer(
+            tiny.model,
+            tiny.blocks,
+            {0: unit(64), 3: unit(64, 2)},
+            Application(alpha=1.0, mode=mode),
+        ),
     ):
         assert _hooks(tiny.model) == before + 3
         raise RuntimeError("boom")
@@ -197,12 +226,12 @@ def test_no_hook_remains_after_an_exception_in_any_mode(tiny: LoadedModel, mode:
 def test_unknown_mode_and_zero_vector_to_ablate_are_user_errors(tiny: LoadedModel) -> None:
     with (
         pytest.raises(UserError, match=r"mode must be one of \['add', 'add_norm_preserving'"),
-        steer(tiny.model, tiny.blocks, {0: unit(64)}, mode="rotate"),
+        steer(tiny.model, tiny.blocks, {0: unit(64)}, Application(mode="rotate")),
     ):
         pass
     with (
         pytest.raises(UserError, match="cannot ablate a zero or non-finite vector at layer 0"),
-        steer(tiny.model, tiny.blocks, {0: torch.zeros(64)}, mode="ablate"),
+        steer(tiny.model, tiny.blocks, {0: torch.zeros(64)}, Application(mode="ablate")),
     ):
         pass
     assert _hooks(tiny.model) == 0

@@ -17,7 +17,6 @@ from hpo import ADD_MODES, AGGREGATIONS, METHODS, MODES, POSITIONS, load_bundle
 from hpo.core.selection import pick_trial
 from hpo.export.bundle import STEERING_JSON
 from hpo.export.writer import write_bundle
-from hpo.run.worker import PREFIX_POSITIONS
 from tests.hpo_tests.test_study import run_study, tiny_run
 
 ALPHA = 0.7
@@ -120,9 +119,9 @@ def test_bundles_replay_every_trial_score_exactly(
         path = write_bundle(worker, study, pick_trial(study, trial.number), out / "b", force=True)
         meta = json.loads((path / STEERING_JSON).read_text())
         bundle = load_bundle(path)
-        assert bundle.mode == trial.params["mode"] == meta["application"]["mode"]
+        assert bundle.application.mode == trial.params["mode"] == meta["application"]["mode"]
         assert sorted(bundle.vectors) == trial.user_attrs["layers"]
-        reuse = bundle.positions in PREFIX_POSITIONS
+        reuse = bundle.application.positions_rule.reuses_prompt_prefix
         with bundle.apply(model):
             replayed = worker.objective.score(model, worker.validation, reuse_prefix=reuse)
         if replayed.value != trial.value:
@@ -145,7 +144,7 @@ def test_add_mode_bundles_at_alpha_zero_are_the_unsteered_model(
             if t.params.get("window") == 3 and t.params["mode"] == mode
         )
         bundle = load_bundle(write_bundle(worker, study, trial, out / f"zero-{mode}"))
-        assert bundle.scales == dict.fromkeys([0, 1, 2], pytest.approx(1 / 3))
+        assert bundle.application.scales == dict.fromkeys([0, 1, 2], pytest.approx(1 / 3))
         with torch.inference_mode(), bundle.apply(model) as handle:
             steered = model(ids).logits
             bundle.alpha = 0.0

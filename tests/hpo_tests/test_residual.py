@@ -100,7 +100,10 @@ def test_a_model_whose_forward_changes_inputs_embeds_falls_back_to_full_passes()
     vector = torch.randn(32)
     stand_in = SteeredAbove(residual, 1, vector, 2.0)
     got = stand_in(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"]).logits
-    with steer(model, blocks, {1: vector}, 2.0, "all"), torch.inference_mode():
+    with (
+        steer(model, blocks, {1: vector}, Application(alpha=2.0, positions="all")),
+        torch.inference_mode(),
+    ):
         want = model(**inputs, use_cache=False).logits
     assert residual.exact is False
     assert not residual.applies(Application(positions="all"), {1: vector})
@@ -121,7 +124,10 @@ def test_every_family_scores_the_same_above_the_layer_or_falls_back(family: str)
     vector = torch.randn(hidden, generator=torch.Generator().manual_seed(1))
     args = (inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"])
     got = SteeredAbove(residual, 1, vector, 2.0)(*args).logits
-    with steer(model, blocks, {1: vector}, 2.0, "all"), torch.inference_mode():
+    with (
+        steer(model, blocks, {1: vector}, Application(alpha=2.0, positions="all")),
+        torch.inference_mode(),
+    ):
         want = model(**inputs, use_cache=False).logits
     assert torch.equal(got, want)
     # GPT-2 adds position embeddings to `inputs_embeds`, so it alone takes the full-forward path.

@@ -11,6 +11,7 @@ from hpo.model.batching import pad_left
 from hpo.model.blocks import find_blocks
 from hpo.model.decoding import generate_ids
 from hpo.model.loading import LoadedModel
+from hpo.steering.application import Application
 from hpo.steering.hooks import steer
 from tests.conftest import tokens, unit
 
@@ -24,7 +25,9 @@ def _hook_count(model: torch.nn.Module) -> int:
 def _steered_generation(loaded: LoadedModel, positions: str, use_cache: bool) -> list[list[int]]:
     layer = loaded.shape.num_layers // 2
     vector = unit(loaded.shape.hidden_size) * 4.0
-    with steer(loaded.model, loaded.blocks, {layer: vector}, 1.0, positions) as handle:
+    with steer(
+        loaded.model, loaded.blocks, {layer: vector}, Application(alpha=1.0, positions=positions)
+    ) as handle:
         return generate_ids(
             loaded.model,
             loaded.tokenizer,
@@ -60,7 +63,7 @@ def test_alpha_zero_reproduces_unsteered_logits_exactly(smollm2: LoadedModel) ->
     with torch.inference_mode():
         plain = smollm2.model(**inputs).logits
         vectors = {3: unit(576), 15: unit(576, 1)}
-        with steer(smollm2.model, smollm2.blocks, vectors, alpha=0.0):
+        with steer(smollm2.model, smollm2.blocks, vectors, Application(alpha=0.0)):
             steered = smollm2.model(**inputs).logits
     assert torch.equal(plain, steered)
 
@@ -69,7 +72,12 @@ def test_prompt_end_onward_leaves_earlier_positions_unchanged(tiny: LoadedModel)
     inputs = pad_left(tokens(tiny, PROMPTS[1]), tiny.tokenizer.pad_token_id)
     with torch.inference_mode():
         plain = tiny.model(**inputs).logits
-        with steer(tiny.model, tiny.blocks, {1: unit(64) * 5}, 1.0, "prompt_end_onward"):
+        with steer(
+            tiny.model,
+            tiny.blocks,
+            {1: unit(64) * 5},
+            Application(alpha=1.0, positions="prompt_end_onward"),
+        ):
             steered = tiny.model(**inputs).logits
     assert torch.equal(plain[:, :-1], steered[:, :-1])
     assert not torch.allclose(plain[:, -1], steered[:, -1])
@@ -79,7 +87,12 @@ def test_no_hook_remains_after_an_exception_inside_the_context(tiny: LoadedModel
     before = _hook_count(tiny.model)
     with (
         pytest.raises(RuntimeError, match="boom"),
-        steer(tiny.model, tiny.blocks, {0: unit(64), 2: unit(64)}, 1.0, "all"),
+        steer(
+            tiny.model,
+            tiny.blocks,
+            {0: unit(64), 2: unit(64)},
+            Application(alpha=1.0, positions="all"),
+        ),
     ):
         assert _hook_count(tiny.model) == before + 3
         raise RuntimeError("boom")
@@ -115,7 +128,9 @@ def test_gpt2_blocks_are_found_and_kv_cache_equality_holds() -> None:
     prompt = [[5, 17, 33, 2, 9]]
 
     def run(use_cache: bool) -> list[int]:
-        with steer(model, blocks, {1: unit(32) * 3}, 1.0, "prompt_end_onward") as handle:
+        with steer(
+            model, blocks, {1: unit(32) * 3}, Application(alpha=1.0, positions="prompt_end_onward")
+        ) as handle:
             handle.prompt_length = 5
             with torch.inference_mode():
                 out = model.generate(

@@ -13,6 +13,7 @@ from hpo import TaskConfig, UserError
 from hpo.core.config import ObjectiveConfig
 from hpo.model.loading import LoadedModel
 from hpo.run.tasks import load_task
+from hpo.steering.application import Application
 from hpo.steering.hooks import steer
 from objectives import ChoiceProbability, rotate_options
 from tests.conftest import compose_run
@@ -87,7 +88,9 @@ def test_prefix_reuse_scores_like_a_full_forward_pass(tiny: LoadedModel) -> None
     prepared = obj.prepare(rows)
     obj.build_prefix(tiny.model, prepared)
     vector = torch.randn(64, generator=torch.Generator().manual_seed(3)) * 3
-    with steer(tiny.model, tiny.blocks, {2: vector}, 1.0, "prompt_end_onward"):
+    with steer(
+        tiny.model, tiny.blocks, {2: vector}, Application(alpha=1.0, positions="prompt_end_onward")
+    ):
         full = obj.score(tiny.model, prepared, reuse_prefix=False)
         reused = obj.score(tiny.model, prepared, reuse_prefix=True)
         again = obj.score(tiny.model, prepared, reuse_prefix=True)
@@ -118,7 +121,12 @@ def test_a_pure_letter_prior_direction_cannot_raise_the_balanced_score(
         obj.precompute(smollm2.model, prepared, prefix=True)
         before = obj.score(smollm2.model, prepared, reuse_prefix=True).value
         vector = prior / prior.norm() * 100.0
-        with steer(smollm2.model, smollm2.blocks, {layer: vector}, 1.0, "prompt_end_onward"):
+        with steer(
+            smollm2.model,
+            smollm2.blocks,
+            {layer: vector},
+            Application(alpha=1.0, positions="prompt_end_onward"),
+        ):
             after = obj.score(smollm2.model, prepared, reuse_prefix=True).value
         return before, after
 

@@ -7,6 +7,7 @@ import torch
 
 from hpo.model.decoding import chat_prompt
 from hpo.model.loading import LoadedModel
+from hpo.steering.application import Application
 from hpo.steering.hooks import steer
 from objectives.kl import KLReference, build_reference, kl_per_prompt
 
@@ -31,7 +32,12 @@ def test_kl_is_zero_at_alpha_zero_and_grows_with_alpha(smollm2: LoadedModel) -> 
     vector = _direction(smollm2, layer)
     means = []
     for alpha in (0.0, 4.0, 16.0, 32.0):
-        with steer(smollm2.model, smollm2.blocks, {layer: vector}, alpha, "all") as handle:
+        with steer(
+            smollm2.model,
+            smollm2.blocks,
+            {layer: vector},
+            Application(alpha=alpha, positions="all"),
+        ) as handle:
             items = kl_per_prompt(smollm2.model, ref, handle)
         assert len(items) == len(PROMPTS)
         means.append(sum(items) / len(items))
@@ -49,7 +55,12 @@ def test_generated_positions_leave_the_first_prediction_unsteered(smollm2: Loade
     vector = _direction(smollm2, 12) * 32.0
     out = {}
     for positions in ("generated", "prompt_end_onward"):
-        with steer(smollm2.model, smollm2.blocks, {12: vector}, 1.0, positions) as handle:
+        with steer(
+            smollm2.model,
+            smollm2.blocks,
+            {12: vector},
+            Application(alpha=1.0, positions=positions),
+        ) as handle:
             out[positions] = kl_per_prompt(smollm2.model, ref, handle)
         assert handle.prompt_length is None  # restored after every batch
     assert out["generated"] == [0.0, 0.0]
