@@ -94,7 +94,7 @@ def test_names_outside_the_registries_are_refused_listing_them() -> None:
     with pytest.raises(UserError, match=r"mode must be one of \['add', .*got 'subtract'"):
         Application(mode="subtract")
     with pytest.raises(UserError, match=r"search_space.method must be among \['caa'"):
-        validate(compose_run("search_space.method=[positive_mean]").search_space, 4)
+        validate(compose_run("search_space.method=[positive_mean]").search_space, 30)
 
 
 def test_positions_answer_where_steering_starts() -> None:
