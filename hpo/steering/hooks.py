@@ -27,7 +27,7 @@ from hpo.steering.application import Application
 from hpo.steering.handle import SteeringHandle, steer_rows
 from hpo.steering.heads import register_head_hooks
 
-__all__ = ["Application", "SteeringHandle", "steer"]
+__all__ = ["SteeringHandle", "steer"]
 
 
 @contextmanager
