@@ -32,6 +32,7 @@ from hpo.core.selection import parse_rule
 from hpo.model.loading import ModelShape, load_model, read_shape
 from hpo.run import budget
 from hpo.run.layer_selection import candidate_layers, select_layers
+from hpo.run.preflight import check_study_file, check_triggers
 from hpo.run.tasks import TaskSplits, load_task
 from hpo.run.trial import Publish, SteeringObjective
 from hpo.run.worker import Worker
@@ -184,6 +185,8 @@ def _open_study(
             f"no study named {cfg.study.name!r}: no study database at {db} "
             "(check output_dir or storage.url)"
         )
+    if not create and db is not None:
+        check_study_file(db)
     storage = create_storage(cfg.storage, url)
     metrics = study_metrics(cfg.task.objective)
     pruner = _pruner(cfg, [m.name for m in metrics], join)
@@ -413,7 +416,9 @@ def check_config(cfg: RunConfig) -> TaskSplits:
     parse_rule(cfg.export.rule, cfg.task.objective)  # checks the metrics too
     splits = load_task(cfg.task)
     check_rows(cfg.task, splits.validation + ([] if cfg.task.train_source else splits.train))
-    check_prompt_chars(cfg.task, [*splits.train, *splits.validation])
+    # the test split too (its length only): an over-long row must not wait for the export
+    check_prompt_chars(cfg.task, [*splits.train, *splits.validation, *splits.test()])
+    check_triggers(cfg)
     return splits
 
 
