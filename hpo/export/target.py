@@ -306,7 +306,7 @@ def claimed(target: str | Path, wait: bool = False) -> Iterator[None]:
             raise UserError(
                 f"export.dir {str(target)!r} is being written by another export (pid "
                 f"{holder.get('pid')} on {holder.get('host')}); wait for it or choose another "
-                f"export.dir (remove {path} if no export runs)"
+                f"export.dir (if none runs, remove {path.name} beside it)"
             ) from None
         except OSError as e:
             raise UserError(f"export.dir {str(target)!r} cannot be written: {e.strerror}") from e

@@ -185,9 +185,9 @@ def _gguf_shape(gguf: Path) -> ModelShape:
 
 
 def _first_line(e: BaseException) -> str:
-    """A third-party message on one line, at most 160 characters (the rest is advice)."""
+    """A third-party message on one line, at most 120 characters (the rest is advice)."""
     text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _tokenizer(path: str, cfg: ModelConfig, kwargs: dict[str, Any]) -> Any:

@@ -11,7 +11,7 @@ from hpo import load_bundle
 from hpo.cli.verbs import _stored_run_config
 from hpo.run.study import open_study
 from tests.conftest import compose_run
-from tests.test_bad_inputs import make_bundle
+from tests.bad_inputs_tests.conftest import make_bundle
 
 
 @pytest.fixture(autouse=True)
