@@ -41,7 +41,7 @@ def replay(path: Path) -> list[str]:
     return ["generate", f"bundle={path}", "replay=true"]
 
 
-def _samples(*samples: dict) -> Callable[[dict], None]:
+def _samples(*samples: object) -> Callable[[dict], None]:
     def edit(meta: dict) -> None:
         meta["metrics"] = {"test": {"samples": list(samples)}}
 

@@ -82,3 +82,17 @@ def test_a_bundle_asking_for_remote_code_does_not_get_it(
         cfg = bundle.model_config("cpu")
     assert cfg.trust_remote_code is False
     assert any("not honoured" in r.getMessage() for r in caplog.records)
+
+
+def test_an_ignored_stored_sampler_target_is_said_in_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _study_asking_for_remote_code(tmp_path)
+    mine = compose_run("study.name=s", f"output_dir={tmp_path}", "sampler=random")
+    with caplog.at_level(logging.WARNING):
+        _stored_run_config(mine, open_study(mine, create=False, join=False))
+    lines = [r.getMessage() for r in caplog.records if "stored config builds sampler" in r.getMessage()]
+    assert lines == [
+        "the study's stored config builds sampler optuna.samplers.TPESampler; not honoured: "
+        "this process builds optuna.samplers.RandomSampler from its own config"
+    ]
