@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import traceback
 import typing
 from collections.abc import Callable, Sequence
@@ -270,6 +271,22 @@ def _multirun(
     return 0
 
 
+def _thread_error(args: threading.ExceptHookArgs) -> None:
+    """A background thread's storage error (Optuna's heartbeat while the database is down):
+    one log line instead of a traceback; the trial loop reports the lost storage itself."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(args.exc_value, SQLAlchemyError | StorageInternalError):
+        logging.getLogger("hpo").warning(
+            "%s: the storage did not answer (%s); the trial goes on",
+            args.thread.name if args.thread else "a thread",
+            type(args.exc_value).__name__,
+        )
+        return
+    threading.__excepthook__(args)
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
@@ -348,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(OmegaConf.to_yaml(cfg))
             return 0
         _setup_logging(str(cfg.get("log_level", "INFO")))
+        threading.excepthook = _thread_error
         # SIGTERM (kill, Kubernetes, SLURM) stops like Ctrl-C: the running trial is marked FAIL.
         signal.signal(signal.SIGTERM, _interrupt)
         code = run(cfg, rest)

@@ -138,6 +138,8 @@ def _choose(cfg: RunConfig, study: Any) -> tuple[Any, Any]:
 # fine and found nothing to ship (like pytest's 5, "no tests collected"), so a script's
 # `hpo export && upload bundle/` stops there. `hpo optimize` exits 0: its study is done.
 NOTHING_TO_SHIP = 3
+# How long `hpo optimize` waits for a peer process of its study to finish exporting there.
+PEER_EXPORT_WAIT_S = 3600.0
 
 
 def _export(
@@ -197,7 +199,7 @@ def optimize(raw: DictConfig, args: Sequence[str] = ()) -> int:
         return 0
     chosen = _choose(cfg, study)
     # A peer process of this study exporting now: wait for it, then find its bundle.
-    with claimed(cfg.export.dir, wait=True):
+    with claimed(cfg.export.dir, wait_s=PEER_EXPORT_WAIT_S):
         done = _exported_by_a_peer(cfg, study, chosen[0].number)
         if done is not None:
             print(

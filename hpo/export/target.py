@@ -277,21 +277,23 @@ def _holder(path: Path) -> dict[str, object] | None:
 
 
 @contextmanager
-def claimed(target: str | Path, wait: bool = False) -> Iterator[None]:
+def claimed(target: str | Path, wait_s: float = 0.0) -> Iterator[None]:
     """Hold `export.dir` for this export from before its measurement to its rename, so a second
     export into the same directory is refused at once instead of after measuring.
 
     Args:
         target: `export.dir`.
-        wait: wait for another export's claim to go instead of refusing (`hpo optimize`: a peer
-            process of the same study exports the same winner, then this one sees its bundle).
+        wait_s: how long to wait for another export's claim to go before refusing (`hpo
+            optimize`: a peer process of the same study exports the same winner, then this one
+            finds its bundle).
 
     Raises:
-        UserError: another live export holds the target and `wait` is off.
+        UserError: another live export holds the target (still, after `wait_s`).
     """
     path = claim_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     own = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -300,7 +302,7 @@ def claimed(target: str | Path, wait: bool = False) -> Iterator[None]:
             if holder is None:
                 path.unlink(missing_ok=True)
                 continue
-            if wait:
+            if time.monotonic() < deadline:
                 time.sleep(CLAIM_POLL_S)
                 continue
             raise UserError(

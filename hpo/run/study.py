@@ -163,10 +163,18 @@ def _storage_errors(url: str) -> Iterator[None]:
     """A database that refuses a read or write (read-only file, lost server): one line."""
     try:
         yield
-    except (SQLAlchemyError, StorageInternalError) as e:
-        cause: BaseException = (
-            e.__cause__ if isinstance(e, StorageInternalError) and e.__cause__ else e
-        )
+    except UserError:
+        raise
+    except Exception as e:
+        # Optuna may raise another error while handling the lost connection (its own bug)
+        found: BaseException | None = e
+        while found is not None and not isinstance(found, SQLAlchemyError | StorageInternalError):
+            found = found.__context__
+        if found is None:
+            raise
+        cause: BaseException = found
+        if isinstance(found, StorageInternalError) and found.__cause__:
+            cause = found.__cause__
         reason = str(getattr(cause, "orig", None) or cause).splitlines() or [type(e).__name__]
         raise UserError(f"cannot use storage {mask_url(url)!r}: {reason[0]}") from e
 
@@ -442,6 +450,7 @@ def run_trials(
 ) -> None:
     """Run steering trials until the study has `n_trials` finished ones (see `hpo.run.budget`);
     `publish` sees every completed trial (the CLI's `hpo.monitor.publisher.Publisher`)."""
-    select_layers(study, worker)  # search_space.layer_selection: narrow or enqueue first
-    objective = SteeringObjective(worker, publish)
-    budget.run_trials(study, objective, n_trials, MAX_CONSECUTIVE_FAILURES)
+    with _storage_errors(storage_url(worker.cfg)):  # the server lost mid-study: one line
+        select_layers(study, worker)  # search_space.layer_selection: narrow or enqueue first
+        objective = SteeringObjective(worker, publish)
+        budget.run_trials(study, objective, n_trials, MAX_CONSECUTIVE_FAILURES)
