@@ -410,8 +410,7 @@ def _check_replayable(path: str, recorded: list[dict[str, Any]]) -> None:
     if lacking:
         raise UserError(
             f"bundle {path}: {len(lacking)} of {len(recorded)} recorded samples (#"
-            f"{', #'.join(map(str, lacking[:5]))}) lack {'/'.join(REPLAY_KEYS)} and are not "
-            "replayable; replay needs every sample as `hpo export` recorded it"
+            f"{', #'.join(map(str, lacking[:5]))}) lack {'/'.join(REPLAY_KEYS)}: not replayable"
         )
 
 

@@ -181,9 +181,8 @@ def check_record(root: Path, meta: dict[str, Any]) -> None:
         return
     if not isinstance(want, str) or want != record_digest(meta):
         raise BundleError(
-            f"bundle {root} was modified after export: its recorded samples, vector file, alpha, "
-            f"application or generation do not match {RECORD_SHA256}; replay checks a bundle as "
-            "exported"
+            f"bundle {root} was modified after export: its recorded samples, vectors or "
+            f"settings do not match {RECORD_SHA256}"
         )
 
 

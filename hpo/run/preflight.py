@@ -46,8 +46,8 @@ def check_study_file(db: Path) -> None:
         ) from e
     if not tables >= OPTUNA_TABLES:
         raise UserError(
-            f"storage {str(db)!r} is not an Optuna study database (no Optuna tables); only "
-            "hpo optimize creates one, nothing was changed"
+            f"storage {str(db)!r} is not an Optuna study database (no Optuna tables); "
+            "nothing was changed"
         )
 
 

@@ -307,13 +307,12 @@ NEW: list[Case] = [
     (
         "replay-sample-without-ids",
         lambda e: replay(e.bundle(_samples(SAMPLE, {"prompt": "ho", "steered": "x"}))),
-        r"1 of 2 recorded samples \(#1\) lack text/unsteered_ids/steered_ids and are not "
-        r"replayable",
+        r"1 of 2 recorded samples \(#1\) lack text/unsteered_ids/steered_ids: not replayable",
     ),
     (
         "replay-edited-sample",
         lambda e: replay(e.bundle(_edited_sample)),
-        r"was modified after export: its recorded samples, vector file, alpha",
+        r"was modified after export: its recorded samples, vectors or settings do not match",
     ),
     (
         "replay-edited-vector",

@@ -10,8 +10,8 @@ import pytest
 from hpo import load_bundle
 from hpo.cli.verbs import _stored_run_config
 from hpo.run.study import open_study
-from tests.conftest import compose_run
 from tests.bad_inputs_tests.conftest import make_bundle
+from tests.conftest import compose_run
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +91,8 @@ def test_an_ignored_stored_sampler_target_is_said_in_a_log_line(
     mine = compose_run("study.name=s", f"output_dir={tmp_path}", "sampler=random")
     with caplog.at_level(logging.WARNING):
         _stored_run_config(mine, open_study(mine, create=False, join=False))
-    lines = [r.getMessage() for r in caplog.records if "stored config builds sampler" in r.getMessage()]
+    messages = [r.getMessage() for r in caplog.records]
+    lines = [m for m in messages if "stored config builds sampler" in m]
     assert lines == [
         "the study's stored config builds sampler optuna.samplers.TPESampler; not honoured: "
         "this process builds optuna.samplers.RandomSampler from its own config"
