@@ -42,7 +42,8 @@ def check_study_file(db: Path) -> None:
             }
     except sqlite3.Error as e:
         raise UserError(
-            f"storage {str(db)!r} is not an Optuna study database ({e}); nothing was changed"
+            f"storage {str(db)!r} cannot be read as an Optuna study database ({e}); nothing was "
+            "changed"
         ) from e
     if not tables >= OPTUNA_TABLES:
         raise UserError(

@@ -66,7 +66,7 @@ NEW: list[Case] = [
     (
         "status-text-file-as-database",
         lambda e: ["status", f"storage.url=sqlite:///{_regular_file(e)}", "study.name=s"],
-        r"storage '.*afile' is not an Optuna study database \(file is not a database\)",
+        r"storage '.*afile' cannot be read as an Optuna study database \(file is not a database\)",
     ),
 ]
 
