@@ -7,12 +7,15 @@ dataclasses, and runs. Exit codes: 0 success, 2 user error (one line on stderr),
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import sys
 import tempfile
+import threading
 import traceback
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,6 +30,10 @@ from hpo.core.errors import UserError
 # Set to print an internal error's traceback instead of saving it to a file.
 DEBUG_ENV = "HPO_DEBUG"
 MAX_ERROR_CHARS = 300
+# The most a config file of a --config-dir may hold (task files, experiments, a bundle's
+# config.yaml): far above any real config, far below what stalls composition.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
 
 USAGE = """usage: hpo <verb> [--config-dir DIR] [--cfg] [key=value ...]
 
@@ -47,12 +54,100 @@ verbs:
 """
 
 
+def _schema_keys(schema: type, prefix: str = "") -> set[str]:
+    """Every dotted key of a config dataclass (`task.max_prompt_tokens`, ...), nested ones too."""
+    keys: set[str] = set()
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        keys.add(key)
+        kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+        for kind in kinds:
+            if dataclasses.is_dataclass(kind) and isinstance(kind, type):
+                keys |= _schema_keys(kind, f"{key}.")
+    return keys
+
+
+def _schema_overrides(config_name: str, overrides: list[str]) -> list[str]:
+    """`task.max_prompt_tokens=N` as written in the README: a key the schema defines but a
+    config file may leave out (its default applies) is set with Hydra's `++` (add or
+    override), so it needs no `+`. Unknown keys stay as they are and are refused."""
+    from hpo.core.config import GenerateConfig, RunConfig
+
+    keys = _schema_keys(GenerateConfig if config_name == "generate" else RunConfig)
+    out = []
+    for item in overrides:
+        key, eq, _ = item.partition("=")
+        plain = eq and "." in key and key[0].isalpha() and key in keys
+        out.append(f"++{item}" if plain else item)
+    return out
+
+
 def _compose(config_name: str, overrides: list[str], config_dirs: list[str]) -> DictConfig:
+    overrides = _schema_overrides(config_name, overrides)
     if config_dirs:
         paths = ",".join(f"file://{Path(d).expanduser().resolve()}" for d in config_dirs)
         overrides = [*overrides, f"hydra.searchpath=[{paths}]"]
     with initialize_config_module(config_module="conf", version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides)
+
+
+def _expanded_values(node: yaml.Node, counts: dict[int, int], open_: set[int]) -> int:
+    """How many values `node` stands for once every alias is expanded (as OmegaConf does),
+    counted over the shared node graph in linear time."""
+    key = id(node)
+    if key in counts:
+        return counts[key]
+    if key in open_:
+        raise UserError("a YAML alias refers to the node that holds it")
+    open_.add(key)
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            total += _expanded_values(k, counts, open_) + _expanded_values(v, counts, open_)
+            if total > MAX_CONFIG_VALUES:
+                break
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            total += _expanded_values(item, counts, open_)
+            if total > MAX_CONFIG_VALUES:
+                break
+    open_.discard(key)
+    counts[key] = total
+    return total
+
+
+def check_config_files(config_dirs: list[str]) -> None:
+    """Refuse a config file too big to be a config before Hydra reads it: more than
+    `MAX_CONFIG_BYTES`, or more than `MAX_CONFIG_VALUES` values once its aliases are expanded
+    (a "billion laughs" alias bomb would keep composition busy until killed). A file YAML
+    cannot parse is left to Hydra, whose message names it."""
+    for d in config_dirs:
+        for path in sorted(Path(d).expanduser().rglob("*.yaml")):
+            where = f"config file {str(path)!r}"
+            try:
+                size = path.stat().st_size
+                if size > MAX_CONFIG_BYTES:
+                    raise UserError(
+                        f"bad config: {where} holds {size} bytes, more than the "
+                        f"{MAX_CONFIG_BYTES} a config file may"
+                    )
+                node = yaml.compose(path.read_bytes(), Loader=yaml.SafeLoader)
+            except (OSError, yaml.YAMLError, RecursionError):
+                continue
+            if node is None:
+                continue
+            try:
+                values = _expanded_values(node, {}, set())
+            except UserError as e:
+                raise UserError(f"bad config: {where}: {e}") from None
+            except RecursionError:
+                values = MAX_CONFIG_VALUES + 1
+            if values > MAX_CONFIG_VALUES:
+                raise UserError(
+                    f"bad config: {where} expands to more than {MAX_CONFIG_VALUES} values "
+                    "(YAML aliases or nesting: an alias bomb?)"
+                )
 
 
 def _hydra_message(e: Exception) -> str:
@@ -175,6 +270,22 @@ def _multirun(
     return 0
 
 
+def _thread_error(args: threading.ExceptHookArgs) -> None:
+    """A background thread's storage error (Optuna's heartbeat while the database is down):
+    one log line instead of a traceback; the trial loop reports the lost storage itself."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(args.exc_value, SQLAlchemyError | StorageInternalError):
+        logging.getLogger("hpo").warning(
+            "%s: the storage did not answer (%s); the trial goes on",
+            args.thread.name if args.thread else "a thread",
+            type(args.exc_value).__name__,
+        )
+        return
+    threading.__excepthook__(args)
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
@@ -238,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if multirun and verb != "worker":
             raise UserError(f"-m (a Hydra launcher sweep) is for `hpo worker`, got `hpo {verb}`")
         overrides, config_dirs, print_cfg = _split_args(rest)
+        check_config_files(config_dirs)
         if multirun:
             return _multirun(verb, config_name, run, overrides, config_dirs)
         try:
@@ -252,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(OmegaConf.to_yaml(cfg))
             return 0
         _setup_logging(str(cfg.get("log_level", "INFO")))
+        threading.excepthook = _thread_error
         # SIGTERM (kill, Kubernetes, SLURM) stops like Ctrl-C: the running trial is marked FAIL.
         signal.signal(signal.SIGTERM, _interrupt)
         code = run(cfg, rest)

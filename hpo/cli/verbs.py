@@ -138,6 +138,8 @@ def _choose(cfg: RunConfig, study: Any) -> tuple[Any, Any]:
 # fine and found nothing to ship (like pytest's 5, "no tests collected"), so a script's
 # `hpo export && upload bundle/` stops there. `hpo optimize` exits 0: its study is done.
 NOTHING_TO_SHIP = 3
+# How long `hpo optimize` waits for a peer process of its study to finish exporting there.
+PEER_EXPORT_WAIT_S = 3600.0
 
 
 def _export(
@@ -170,10 +172,13 @@ def _export(
 def optimize(raw: DictConfig, args: Sequence[str] = ()) -> int:
     """`hpo optimize`: create/load the study, run it to its budget, export the winner."""
     from hpo.core.record import summary
+    from hpo.export.target import claimed
     from hpo.monitor.publisher import Publisher
+    from hpo.run.preflight import check_workers
     from hpo.run.study import check_config, open_study, prepare_worker, run_trials
 
     cfg = to_run_config(raw)
+    check_workers(cfg)  # N model copies: before any loads
     if cfg.export.enabled:
         _check_export_target(cfg)  # not after an hour of trials
     task = check_config(cfg)
@@ -193,21 +198,24 @@ def optimize(raw: DictConfig, args: Sequence[str] = ()) -> int:
     if not cfg.export.enabled:
         return 0
     chosen = _choose(cfg, study)
-    done = _exported_by_a_peer(cfg, study, chosen[0].number)
-    if done is not None:
-        print(
-            f"bundle      {done} (the same winner, trial {chosen[0].number}, "
-            "already exported by another process of this study)"
-        )
-        return 0
-    try:
-        return _export(cfg, study, worker or prepare_worker(cfg, task, validation=False), chosen)
-    except UserError:
-        done = _exported_by_a_peer(cfg, study, chosen[0].number)  # a peer won the race
-        if done is None:
-            raise
-        print(f"bundle      {done} (the same winner, exported by another process meanwhile)")
-        return 0
+    # A peer process of this study exporting now: wait for it, then find its bundle.
+    with claimed(cfg.export.dir, wait_s=PEER_EXPORT_WAIT_S):
+        done = _exported_by_a_peer(cfg, study, chosen[0].number)
+        if done is not None:
+            print(
+                f"bundle      {done} (the same winner, trial {chosen[0].number}, "
+                "already exported by another process of this study)"
+            )
+            return 0
+        try:
+            worker = worker or prepare_worker(cfg, task, validation=False)
+            return _export(cfg, study, worker, chosen)
+        except UserError:
+            done = _exported_by_a_peer(cfg, study, chosen[0].number)  # a peer won the race
+            if done is None:
+                raise
+            print(f"bundle      {done} (the same winner, exported by another process meanwhile)")
+            return 0
 
 
 def _exported_by_a_peer(cfg: RunConfig, study: Any, number: int) -> Path | None:
@@ -261,6 +269,18 @@ def _stored_run_config(cfg: RunConfig, study: Any) -> RunConfig:
     record = stored_config(study)
     for note in security_notes(record, cfg):
         log.warning(note)
+    for group in ("sampler", "pruner"):
+        stored = record.get(group)
+        theirs = stored.get("_target_") if isinstance(stored, dict) else None
+        ours = getattr(cfg, group).get("_target_")
+        if theirs is not None and theirs != ours:
+            log.warning(
+                "the study's stored config builds %s %s; not honoured: this process builds %s "
+                "from its own config",
+                group,
+                str(theirs)[:120],
+                ours or "none",
+            )
     record["export"] = dataclasses.asdict(cfg.export)
     # studies made before `task.train_template` built their train pairs from raw prompts
     record["task"].setdefault("train_template", False)
@@ -276,6 +296,7 @@ def _stored_run_config(cfg: RunConfig, study: Any) -> RunConfig:
 
 def export(raw: DictConfig, args: Sequence[str] = ()) -> int:
     """`hpo export`: best trial (or export.trial) -> bundle, scored on the held-out test split."""
+    from hpo.export.target import claimed
     from hpo.run.study import open_study, prepare_worker
 
     cfg = to_run_config(raw)
@@ -283,8 +304,10 @@ def export(raw: DictConfig, args: Sequence[str] = ()) -> int:
     study = open_study(cfg, create=False, join=False)
     stored = _stored_run_config(cfg, study)
     chosen = _choose(stored, study)  # an unknown or unfinished trial: before the model loads
-    worker = prepare_worker(stored, validation=False)
-    return _export(stored, study, worker, chosen, nothing_code=NOTHING_TO_SHIP)
+    with claimed(cfg.export.dir):  # a second export into this directory: refused now
+        _check_export_target(cfg)  # the export that held it may have just written a bundle
+        worker = prepare_worker(stored, validation=False)
+        return _export(stored, study, worker, chosen, nothing_code=NOTHING_TO_SHIP)
 
 
 def status(raw: DictConfig, args: Sequence[str] = ()) -> int:
@@ -329,17 +352,20 @@ def layers(raw: DictConfig, args: Sequence[str] = ()) -> int:
     """
     import json
 
+    from hpo.core.paths import check_writable_dir
     from hpo.monitor.layer_plot import plot_layers, render_table
     from hpo.run.layer_selection import candidate_layers, rank_layers
     from hpo.run.study import check_config, prepare_worker
 
     cfg = to_run_config(raw)
+    out = Path(cfg.output_dir) / "layers"
+    check_writable_dir("output_dir", cfg.output_dir)  # not after a minute of ranking
+    check_writable_dir("output_dir/layers", out)
     candidate_layers(cfg.search_space)  # a bad top_k fails before the model loads
     task = check_config(cfg)
     worker = prepare_worker(cfg, task, validation=False)
     record = rank_layers(worker, task.train).record(cfg.search_space.layer_selection.top_k)
     print(render_table(record))
-    out = Path(cfg.output_dir) / "layers"
     title = f"{cfg.task.name}: attribution per layer ({record['method']}, {record['aggregation']})"
     png = plot_layers(record, out / "attribution.png", title)
     data = out / "attribution.json"
@@ -352,7 +378,7 @@ def layers(raw: DictConfig, args: Sequence[str] = ()) -> int:
 def dashboard(raw: DictConfig, args: Sequence[str] = ()) -> int:
     """`hpo dashboard`: optuna-dashboard on the study's storage, with its artifact store."""
     from hpo.core.selection import parse_rule
-    from hpo.monitor.dashboard import serve
+    from hpo.monitor.dashboard import check_listen, serve
     from hpo.monitor.note import refresh_note
     from hpo.run.study import open_study, storage_url
     from storage import create_storage, mask_url
@@ -361,6 +387,7 @@ def dashboard(raw: DictConfig, args: Sequence[str] = ()) -> int:
     rule = parse_rule(cfg.export.rule, cfg.task.objective) if cfg.export.rule is not None else None
     url = storage_url(cfg)
     study = open_study(cfg, create=False, join=False)
+    check_listen(cfg.dashboard.host, cfg.dashboard.port)  # before the note or any banner
     refresh_note(study)  # current baseline and best in the note
     serve(
         create_storage(cfg.storage, url),
@@ -371,6 +398,20 @@ def dashboard(raw: DictConfig, args: Sequence[str] = ()) -> int:
         rule,
     )
     return 0
+
+
+def _check_replayable(path: str, recorded: list[dict[str, Any]]) -> None:
+    """Every recorded sample replays (a sample without its text and ids is not skipped)."""
+    from hpo.export.bundle import REPLAY_KEYS
+
+    if not recorded:
+        raise UserError(f"bundle {path} records no generated samples to replay")
+    lacking = [i for i, s in enumerate(recorded) if not all(k in s for k in REPLAY_KEYS)]
+    if lacking:
+        raise UserError(
+            f"bundle {path}: {len(lacking)} of {len(recorded)} recorded samples (#"
+            f"{', #'.join(map(str, lacking[:5]))}) lack {'/'.join(REPLAY_KEYS)}: not replayable"
+        )
 
 
 def generate(raw: DictConfig, args: Sequence[str] = ()) -> int:
@@ -395,8 +436,8 @@ def generate(raw: DictConfig, args: Sequence[str] = ()) -> int:
         raise UserError('generate needs prompt="...", prompts_file=PATH or replay=true, got none')
     bundle = load_bundle(gen.bundle)
     samples = bundle.samples() if gen.replay else []
-    if gen.replay and not samples:
-        raise UserError(f"bundle {gen.bundle} records no generated samples to replay")
+    if gen.replay:
+        _check_replayable(gen.bundle, bundle.recorded_samples())
     prompts = [str(s["prompt"]) for s in samples] or ([gen.prompt] if gen.prompt else [])
     if gen.prompts_file and not gen.replay:
         path = Path(gen.prompts_file).expanduser()

@@ -467,6 +467,8 @@ class RunConfig:
     output_dir: str = "outputs"
     log_level: str = "INFO"
     workers: int = 1
+    # false: start `workers` model copies even beyond this machine's GPUs, cores or memory
+    workers_check: bool = True
     worker_rank: int | None = None
 
     def __post_init__(self) -> None:

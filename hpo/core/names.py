@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from pathlib import Path, PurePosixPath
 
 from hpo.core.errors import UserError
 
 # A file or directory name: starts with a letter or digit, then letters, digits, `._-`.
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 40
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 4
+_REPR.maxlevel = 2
+
+
+def brief(value: object) -> str:
+    """`repr(value)` cut to a few items and characters: a value from a file in a short line."""
+    return _REPR.repr(value)
 
 
 def check_name(key: str, value: object) -> str:
@@ -31,7 +41,7 @@ def check_name(key: str, value: object) -> str:
     if not isinstance(value, str) or not NAME_RULE.fullmatch(value) or ".." in value:
         raise UserError(
             f"{key} must be a name of letters, digits, '.', '_' and '-' (no '/' or '..', at "
-            f"most 128 characters), got {value!r}"
+            f"most 128 characters), got {brief(value)}"
         )
     return value
 
@@ -52,11 +62,11 @@ def confined(root: Path, relative: object, key: str) -> Path:
         or PurePosixPath(text).is_absolute()
         or any(p in ("..", ".") for p in parts)
     ):
-        raise UserError(f"{key} must be a relative path inside {root}, got {relative!r}")
+        raise UserError(f"{key} must be a relative path inside {root}, got {brief(relative)}")
     path = root / text
     base = root.resolve()
     if not path.resolve().is_relative_to(base):
-        raise UserError(f"{key} {relative!r} resolves outside {root} (a symlink?)")
+        raise UserError(f"{key} {brief(relative)} resolves outside {root} (a symlink?)")
     return path
 
 
@@ -67,5 +77,5 @@ def finite(key: str, value: object) -> float:
         UserError: NaN, an infinity, or not a number at all.
     """
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UserError(f"{key} must be a finite number, got {value!r}")
+        raise UserError(f"{key} must be a finite number, got {brief(value)}")
     return float(value)

@@ -49,3 +49,27 @@ def resolve_source(source: str) -> Path:
     if not path.exists():
         raise UserError(f"source {source!r} does not exist (looked at {path})")
     return path
+
+
+def check_writable_dir(key: str, path: str | Path) -> Path:
+    """Refuse a directory to write into that cannot be made or written, before the work.
+
+    Args:
+        key: the config key the path came from, for the message.
+        path: the directory (it may not exist yet).
+
+    Raises:
+        UserError: the path, or the closest of its parents that exists, is not a directory,
+            or that parent cannot be written.
+    """
+    target = Path(path).expanduser()
+    found = target
+    while not found.exists() and not found.is_symlink() and found != found.parent:
+        found = found.parent
+    if not found.is_dir():
+        if found == target:
+            raise UserError(f"{key} must be a directory, got the file {str(target)!r}")
+        raise UserError(f"{key} {str(target)!r} cannot be made: {str(found)!r} is not a directory")
+    if not os.access(found, os.W_OK | os.X_OK):
+        raise UserError(f"{key} {str(target)!r} cannot be written: {str(found)!r} is read-only")
+    return target

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hpo.core.errors import UserError
+from hpo.core.names import brief
 from hpo.export.verify import (
     SCHEMA_VERSION,
     STEERING_JSON,
     BundleError,
     check_files,
+    check_record,
     read_meta,
     read_tensors,
     sha256_file,
@@ -46,6 +48,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# What a recorded sample needs to replay token for token.
+REPLAY_KEYS = ("text", "unsteered_ids", "steered_ids")
 
 
 @dataclass
@@ -125,9 +130,19 @@ class Bundle:
 
     def samples(self) -> list[dict[str, Any]]:
         """The recorded test samples that replay token for token: each with the exact prompt
-        `text`, and `unsteered_ids` / `steered_ids` of both continuations."""
-        test = self.meta.get("metrics", {}).get("test", {})
-        return [s for s in test.get("samples", []) if "steered_ids" in s and "text" in s]
+        `text`, and `unsteered_ids` / `steered_ids` of both continuations.
+
+        Raises:
+            BundleError: the samples, vectors or settings were edited after export (see
+                `hpo.export.verify.check_record`).
+        """
+        check_record(self.path, self.meta)
+        return [s for s in self.recorded_samples() if all(k in s for k in REPLAY_KEYS)]
+
+    def recorded_samples(self) -> list[dict[str, Any]]:
+        """Every recorded test sample, also those without the text and ids a replay needs."""
+        test = (self.meta.get("metrics") or {}).get("test") or {}
+        return list(test.get("samples") or [])
 
     def prompt(self, tokenizer: Any, text: str, chat_template: bool | None = None) -> str:
         """A user's text as the model should see it: in the tokenizer's chat template when it
@@ -222,7 +237,7 @@ def load_bundle(path: str | Path) -> Bundle:
         if set(probes) != units:
             raise BundleError(
                 f"bundle {root}: the probe gate needs a probe for every steered unit "
-                f"{sorted(units, key=str)}, got {sorted(probes, key=str)}"
+                f"{brief(sorted(units, key=str))}, got {brief(sorted(probes, key=str))}"
             )
     try:
         app = Application(

@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,9 @@ from hpo.core.errors import UserError
 # Written last into every bundle: which files `hpo export` put there (and may replace).
 MARKER = ".hpo-bundle"
 WRITTEN_BY = "steering-hpo"
+# Beside the target while one export measures and writes it: `.<name>.hpo-export`.
+CLAIM_SUFFIX = ".hpo-export"
+CLAIM_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -241,3 +247,75 @@ def protected_paths(
             Protected(Path(artifacts_dir).expanduser().resolve(), "artifacts_dir", inside=True)
         )
     return out
+
+
+def claim_path(target: str | Path) -> Path:
+    """The claim file of an export target: a hidden sibling, so the target stays as it was."""
+    resolved = Path(target).expanduser().resolve()
+    return resolved.parent / f".{resolved.name}{CLAIM_SUFFIX}"
+
+
+def _holder(path: Path) -> dict[str, object] | None:
+    """The claim's `{pid, host, since}`, or None when it is gone or its process is dead."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"pid": "?", "host": "?", "since": 0}  # half-written: someone holds it
+    if not isinstance(data, dict):
+        return {"pid": "?", "host": "?", "since": 0}
+    pid = data.get("pid")
+    if data.get("host") == socket.gethostname() and isinstance(pid, int):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # killed mid-export on this machine: the claim is stale
+        except PermissionError:
+            pass
+    return data
+
+
+@contextmanager
+def claimed(target: str | Path, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold `export.dir` for this export from before its measurement to its rename, so a second
+    export into the same directory is refused at once instead of after measuring.
+
+    Args:
+        target: `export.dir`.
+        wait_s: how long to wait for another export's claim to go before refusing (`hpo
+            optimize`: a peer process of the same study exports the same winner, then this one
+            finds its bundle).
+
+    Raises:
+        UserError: another live export holds the target (still, after `wait_s`).
+    """
+    path = claim_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    own = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(path)
+            if holder is None:
+                path.unlink(missing_ok=True)
+                continue
+            if time.monotonic() < deadline:
+                time.sleep(CLAIM_POLL_S)
+                continue
+            raise UserError(
+                f"export.dir {str(target)!r} is being written by another export (pid "
+                f"{holder.get('pid')} on {holder.get('host')}); wait for it or choose another "
+                f"export.dir (if none runs, remove {path.name} beside it)"
+            ) from None
+        except OSError as e:
+            raise UserError(f"export.dir {str(target)!r} cannot be written: {e.strerror}") from e
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(own)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ from hpo.export.control_vector import ControlVectorError, model_hint, write_cont
 from hpo.export.measure import TestSplit, everywhere, measure, no_gain_reason
 from hpo.export.model_card import model_card
 from hpo.export.target import check_target, protected_paths, publish, staging_dir
-from hpo.export.verify import bundle_tensors
+from hpo.export.verify import RECORD_SHA256, bundle_tensors, record_digest
 from hpo.run.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -291,6 +291,7 @@ def write_bundle(
         if meta["control_vector"]["file"]:
             files.append(CONTROL_VECTOR)
         meta["sha256"] = {rel: sha256_file(tmp / rel) for rel in files}
+        meta[RECORD_SHA256] = record_digest(json.loads(json.dumps(meta)))
         (tmp / STEERING_JSON).write_text(json.dumps(meta, indent=2) + "\n")
         publish(tmp, target, force, protected)
     finally:

@@ -184,9 +184,38 @@ def _gguf_shape(gguf: Path) -> ModelShape:
     )
 
 
+def _first_line(e: BaseException) -> str:
+    """A third-party message on one line, at most 120 characters (the rest is advice)."""
+    text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _tokenizer(path: str, cfg: ModelConfig, kwargs: dict[str, Any]) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError) as e:  # no tokenizer files, an `auto_map` without code
+        raise UserError(
+            f"cannot build the tokenizer of model {cfg.name_or_path!r}: {_first_line(e)}"
+        ) from e
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The model's tokenizer alone (no weights): for checks that need token ids before a
+    study is created, such as trigger patterns.
+
+    Raises:
+        UserError: the tokenizer cannot be built from what the model directory holds.
+    """
+    path, _ = local_model_dir(cfg)
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    return _tokenizer(path, cfg, kwargs)
+
+
 def load_model(cfg: ModelConfig) -> LoadedModel:
     """Load the model and tokenizer once per worker, in eval mode, with a pad token set."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -196,13 +225,13 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         "revision": cfg.revision,
         "trust_remote_code": cfg.trust_remote_code,
     }
+    tokenizer = _tokenizer(path, cfg, kwargs)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         model: Any = AutoModelForCausalLM.from_pretrained(
             path, dtype=getattr(torch, cfg.dtype), **kwargs
         )
-    except OSError as e:
-        raise UserError(f"cannot load model {cfg.name_or_path!r}: {e}") from e
+    except (OSError, ValueError) as e:  # missing weights, an unknown architecture
+        raise UserError(f"cannot load model {cfg.name_or_path!r}: {_first_line(e)}") from e
     model = model.to(device).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

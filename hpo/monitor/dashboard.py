@@ -14,6 +14,7 @@ export picks (single objective), or Optuna's feasible Pareto front (multi-object
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -87,6 +88,28 @@ def show_feasible_best(storage: Any, rule: Rule | None = None) -> bool:
     serialize_study_detail.__wrapped__ = original  # type: ignore[attr-defined]
     _app.serialize_study_detail = serialize_study_detail
     return True
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse a host that does not resolve or an address already taken, before anything is
+    written or printed (the web server prints its "Listening on" banner before it binds).
+
+    Raises:
+        UserError: the host is not an address of this machine, or the port is taken.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[
+            0
+        ]
+    except (socket.gaierror, UnicodeError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise UserError(f"dashboard.host {host!r} is not an address to listen on: {why}") from e
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise UserError(f"dashboard cannot listen on {host}:{port}: {e.strerror or e}") from e
 
 
 def serve(

@@ -32,6 +32,7 @@ from hpo.core.selection import parse_rule
 from hpo.model.loading import ModelShape, load_model, read_shape
 from hpo.run import budget
 from hpo.run.layer_selection import candidate_layers, select_layers
+from hpo.run.preflight import check_study_file, check_triggers
 from hpo.run.tasks import TaskSplits, load_task
 from hpo.run.trial import Publish, SteeringObjective
 from hpo.run.worker import Worker
@@ -162,10 +163,18 @@ def _storage_errors(url: str) -> Iterator[None]:
     """A database that refuses a read or write (read-only file, lost server): one line."""
     try:
         yield
-    except (SQLAlchemyError, StorageInternalError) as e:
-        cause: BaseException = (
-            e.__cause__ if isinstance(e, StorageInternalError) and e.__cause__ else e
-        )
+    except UserError:
+        raise
+    except Exception as e:
+        # Optuna may raise another error while handling the lost connection (its own bug)
+        found: BaseException | None = e
+        while found is not None and not isinstance(found, SQLAlchemyError | StorageInternalError):
+            found = found.__context__
+        if found is None:
+            raise
+        cause: BaseException = found
+        if isinstance(found, StorageInternalError) and found.__cause__:
+            cause = found.__cause__
         reason = str(getattr(cause, "orig", None) or cause).splitlines() or [type(e).__name__]
         raise UserError(f"cannot use storage {mask_url(url)!r}: {reason[0]}") from e
 
@@ -184,6 +193,8 @@ def _open_study(
             f"no study named {cfg.study.name!r}: no study database at {db} "
             "(check output_dir or storage.url)"
         )
+    if not create and db is not None:
+        check_study_file(db)
     storage = create_storage(cfg.storage, url)
     metrics = study_metrics(cfg.task.objective)
     pruner = _pruner(cfg, [m.name for m in metrics], join)
@@ -413,7 +424,9 @@ def check_config(cfg: RunConfig) -> TaskSplits:
     parse_rule(cfg.export.rule, cfg.task.objective)  # checks the metrics too
     splits = load_task(cfg.task)
     check_rows(cfg.task, splits.validation + ([] if cfg.task.train_source else splits.train))
-    check_prompt_chars(cfg.task, [*splits.train, *splits.validation])
+    # the test split too (its length only): an over-long row must not wait for the export
+    check_prompt_chars(cfg.task, [*splits.train, *splits.validation, *splits.test()])
+    check_triggers(cfg)
     return splits
 
 
@@ -437,6 +450,7 @@ def run_trials(
 ) -> None:
     """Run steering trials until the study has `n_trials` finished ones (see `hpo.run.budget`);
     `publish` sees every completed trial (the CLI's `hpo.monitor.publisher.Publisher`)."""
-    select_layers(study, worker)  # search_space.layer_selection: narrow or enqueue first
-    objective = SteeringObjective(worker, publish)
-    budget.run_trials(study, objective, n_trials, MAX_CONSECUTIVE_FAILURES)
+    with _storage_errors(storage_url(worker.cfg)):  # the server lost mid-study: one line
+        select_layers(study, worker)  # search_space.layer_selection: narrow or enqueue first
+        objective = SteeringObjective(worker, publish)
+        budget.run_trials(study, objective, n_trials, MAX_CONSECUTIVE_FAILURES)

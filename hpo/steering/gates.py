@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from hpo.core.errors import UserError
+from hpo.core.names import brief
 from hpo.core.vocabulary import PROBE_GATES
 
 
@@ -51,7 +52,7 @@ class Gate:
         if self.probe != "off" and not 0.0 < self.threshold < 1.0:
             raise UserError(f"gate_threshold must lie in (0, 1), got {self.threshold}")
         if self.trigger and (self.trigger_ids is None or self.trigger_ids.numel() == 0):
-            raise UserError(f"trigger {self.trigger!r} matches no token of the tokenizer")
+            raise UserError(f"trigger {brief(self.trigger)} matches no token of the tokenizer")
 
     @property
     def active(self) -> bool:
@@ -83,7 +84,7 @@ def trigger_token_ids(tokenizer: Any, pattern: str) -> torch.Tensor:
     texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
     found = [i for i, text in zip(ids, texts, strict=True) if text.endswith(pattern)]
     if not found:
-        raise UserError(f"trigger {pattern!r} ends no token's text in this tokenizer")
+        raise UserError(f"trigger {brief(pattern)} ends no token's text in this tokenizer")
     return torch.tensor(found, dtype=torch.long)
 
 

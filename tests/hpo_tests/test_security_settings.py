@@ -10,8 +10,8 @@ import pytest
 from hpo import load_bundle
 from hpo.cli.verbs import _stored_run_config
 from hpo.run.study import open_study
+from tests.bad_inputs_tests.conftest import make_bundle
 from tests.conftest import compose_run
-from tests.test_bad_inputs import make_bundle
 
 
 @pytest.fixture(autouse=True)
@@ -82,3 +82,18 @@ def test_a_bundle_asking_for_remote_code_does_not_get_it(
         cfg = bundle.model_config("cpu")
     assert cfg.trust_remote_code is False
     assert any("not honoured" in r.getMessage() for r in caplog.records)
+
+
+def test_an_ignored_stored_sampler_target_is_said_in_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _study_asking_for_remote_code(tmp_path)
+    mine = compose_run("study.name=s", f"output_dir={tmp_path}", "sampler=random")
+    with caplog.at_level(logging.WARNING):
+        _stored_run_config(mine, open_study(mine, create=False, join=False))
+    messages = [r.getMessage() for r in caplog.records]
+    lines = [m for m in messages if "stored config builds sampler" in m]
+    assert lines == [
+        "the study's stored config builds sampler optuna.samplers.TPESampler; not honoured: "
+        "this process builds optuna.samplers.RandomSampler from its own config"
+    ]
