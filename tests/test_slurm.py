@@ -1,0 +1,136 @@
+"""`hpo worker -m hydra/launcher=slurm_cpu` on a real SLURM cluster on loopback (munge, MariaDB,
+slurmdbd, slurmctld, slurmd) against a real PostgreSQL study: two jobs run trials at the same
+time, the budget is exact, `hpo status` names each running trial's SLURM job, and faults (a
+cancelled job, a killed worker, a requeued job) lose only the running trial."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import StorageConfig
+from storage import create_storage
+from tests.conftest import REPO, tiny_overrides
+from tests.pgserver import bindir, postgres_server
+from tests.slurmcluster import SlurmCluster, leftovers, missing, slurm_cluster
+
+pytestmark = pytest.mark.slow
+
+# Short heartbeats: a cancelled job's trial is failed and retried within seconds.
+FAST_STORAGE = ["storage=postgres", "storage.heartbeat_interval=1", "storage.grace_period=6"]
+
+
+def _require(what: str, ok: bool, fix: str) -> None:
+    if ok:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} missing on CI ({fix})")
+    pytest.skip(f"{what} not available: {fix}")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[SlurmCluster]:
+    """A SLURM cluster for this module; afterwards no process of it is left."""
+    _require("root (slurmd launches jobs as their user)", os.geteuid() == 0, "run as root")
+    gone = missing()
+    _require(f"SLURM tools {gone}", not gone, "tests/system_deps.sh installs them as root")
+    with slurm_cluster() as c:
+        root = c.root
+        yield c
+    assert leftovers(root) == []
+    assert not root.exists()
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    found = bindir()
+    _require("PostgreSQL", found is not None, "tests/system_deps.sh installs it")
+    assert found is not None
+    with postgres_server(found) as url:
+        yield url
+
+
+def hpo_env(cluster: SlurmCluster, url: str) -> dict[str, str]:
+    path = f"{Path(sys.executable).parent}:{cluster.env['PATH']}"
+    return {
+        **os.environ,
+        **cluster.env,
+        "PATH": path,
+        "HPO_STORAGE_URL": url,
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def study_args(model_dir: Path, out: Path, name: str) -> list[str]:
+    return [*tiny_overrides(model_dir, out), f"study.name={name}", *FAST_STORAGE]
+
+
+def create(env: dict[str, str], args: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo", "optimize", *args, "study.n_trials=1",
+         "export.enabled=false"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def submit(env: dict[str, str], args: list[str], out: Path, log: Path) -> subprocess.Popen[str]:
+    with log.open("w") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "hpo", "worker", "-m", "hydra/launcher=slurm_cpu",
+             "worker_rank=range(0,2)", f"hydra.sweep.dir={out / 'multirun'}", *args],
+            cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=create_storage(StorageConfig(), url))
+
+
+def overlap(trials: list[FrozenTrial]) -> bool:
+    """Whether two trials of different workers ran at the same time."""
+    spans = [(t.datetime_start, t.datetime_complete, t.user_attrs["worker"]) for t in trials]
+    return any(
+        a[2] != b[2] and a[0] < b[1] and b[0] < a[1] for a in spans for b in spans if a is not b
+    )
+
+
+def test_two_slurm_jobs_share_one_postgres_study(
+    cluster: SlurmCluster, pg_url: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    name = f"slurm-{uuid.uuid4().hex[:8]}"
+    env = hpo_env(cluster, pg_url)
+    args = [*study_args(tiny_model_dir, tmp_path, name), "study.n_trials=16"]
+    create(env, args)
+    log = tmp_path / "submit.log"
+    proc = submit(env, args, tmp_path, log)
+    seen: list[str] = []
+    deadline = time.monotonic() + 400
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        status = subprocess.run(
+            [sys.executable, "-m", "hpo", "status", f"study.name={name}", *FAST_STORAGE],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip
+        seen += [line for line in status.splitlines() if "slurm job" in line]
+        time.sleep(1)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    print("\n".join(seen))
+    study = load(pg_url, name)
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 16
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    slurm = [t for t in finished if "slurm_job_id" in t.user_attrs]
+    assert len({t.user_attrs["slurm_job_id"] for t in slurm}) == 2, "two jobs ran trials"
+    assert overlap(slurm), "the two jobs ran trials at the same time"
+    assert any("running   trial" in s and "slurm job" in s for s in seen), seen
