@@ -6,6 +6,7 @@ cancelled job, a killed worker, a requeued job) lose only the running trial."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -84,11 +85,13 @@ def create(env: dict[str, str], args: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def submit(env: dict[str, str], args: list[str], out: Path, log: Path) -> subprocess.Popen[str]:
+def submit(
+    env: dict[str, str], args: list[str], out: Path, log: Path, jobs: int = 2
+) -> subprocess.Popen[str]:
     with log.open("w") as sink:
         return subprocess.Popen(
             [sys.executable, "-m", "hpo", "worker", "-m", "hydra/launcher=slurm_cpu",
-             "worker_rank=range(0,2)", f"hydra.sweep.dir={out / 'multirun'}", *args],
+             f"worker_rank=range(0,{jobs})", f"hydra.sweep.dir={out / 'multirun'}", *args],
             cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
 
@@ -134,3 +137,54 @@ def test_two_slurm_jobs_share_one_postgres_study(
     assert len({t.user_attrs["slurm_job_id"] for t in slurm}) == 2, "two jobs ran trials"
     assert overlap(slurm), "the two jobs ran trials at the same time"
     assert any("running   trial" in s and "slurm job" in s for s in seen), seen
+
+
+def running_by_job(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """One RUNNING trial per SLURM job that has one."""
+    running = study.get_trials(states=(TrialState.RUNNING,))
+    return {t.user_attrs["slurm_job_id"]: t for t in running if "slurm_job_id" in t.user_attrs}
+
+
+def test_scancel_kill_and_requeue_lose_only_the_running_trials(
+    cluster: SlurmCluster, pg_url: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    name = f"slurm-{uuid.uuid4().hex[:8]}"
+    env = hpo_env(cluster, pg_url)
+    args = [*study_args(tiny_model_dir, tmp_path, name), "study.n_trials=20"]
+    create(env, args)
+    log = tmp_path / "submit.log"
+    proc = submit(env, args, tmp_path, log, jobs=3)
+    study = load(pg_url, name)
+    deadline = time.monotonic() + 400
+    while len(held := running_by_job(study)) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.3)
+    cancelled, killed, requeued = sorted(held)
+    cluster.run("scancel", cancelled)
+    os.kill(
+        int(held[killed].user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL
+    )  # inside its job
+    requeued_at = time.time()
+    cluster.run("scontrol", "requeue", requeued)
+    proc.wait(timeout=500)
+    out = log.read_text()
+    assert proc.returncode == 0, out[-3000:]
+    assert "other jobs met study.n_trials=20" in out
+    assert cancelled in out or killed in out, out[-3000:]  # the failed job is named
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 20
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    for job in (cancelled, killed, requeued):
+        lost = study.trials[held[job].number]
+        assert lost.state == TrialState.FAIL
+        retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == lost.number]
+        assert [t.params for t in retry] == [lost.params]
+        assert retry[0].state == TrialState.COMPLETE
+    back = [
+        t
+        for t in finished
+        if t.user_attrs.get("slurm_job_id") == requeued
+        and t.datetime_start is not None
+        and t.datetime_start.timestamp() > requeued_at
+    ]
+    assert back, "the requeued job came back and ran trials"
