@@ -130,4 +130,5 @@ def test_the_readme_job_as_local_pods_restarted_on_failure_meets_the_budget(
             str(t.user_attrs.get("fail_reason", ""))]  # fmt: skip
     assert len(lost) == 1
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == lost[0].number]
-    assert [t.params for t in retry] == [lost[0].params]
+    assert len(retry) == 1  # same params (a trial killed mid-suggestion: those it had)
+    assert lost[0].params.items() <= retry[0].params.items()

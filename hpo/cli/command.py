@@ -179,6 +179,9 @@ def _multirun(
     return 0
 
 
+REQUEUE_WAIT_S = 180.0
+
+
 def _after_failed_job(config_name: str, overrides: list[str], config_dirs: list[str]) -> int:
     """0 when the other jobs still meet the study's budget, else one line and exit 2."""
     from hpo.core.config import to_run_config
@@ -190,7 +193,8 @@ def _after_failed_job(config_name: str, overrides: list[str], config_dirs: list[
     cfg = to_run_config(_compose(config_name, kept, config_dirs))
     study = open_study(cfg, create=False)
     n = cfg.study.n_trials
-    stall_s = 2.0 * cfg.storage.grace_period
+    # long enough for a requeued job to queue, start and load the model again
+    stall_s = max(2.0 * cfg.storage.grace_period, REQUEUE_WAIT_S)
     done = outlast_failed_job(study, n, stall_s)
     if done < n:
         raise UserError(
