@@ -100,7 +100,8 @@ def test_the_readme_job_as_local_pods_restarted_on_failure_meets_the_budget(
     pods = {i: start(i) for i in range(parallelism)}
     storage = create_storage(StorageConfig(), pg_url)
     study = optuna.load_study(study_name=name, storage=storage)
-    restarts, killed, succeeded = 0, False, set()
+    restarts, killed = 0, False
+    succeeded: set[int] = set()
     deadline = time.monotonic() + 600
     while len(succeeded) < parallelism:
         assert time.monotonic() < deadline, "pods did not finish"

@@ -134,8 +134,8 @@ def test_three_slurm_jobs_share_a_study_and_faults_lose_only_the_running_trials(
             [sys.executable, "-m", "hpo", "status", f"study.name={name}", *FAST_STORAGE],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
         ).stdout  # fmt: skip
-        seen = [line for line in status.splitlines() if line.startswith("running   trial")]
-        seen = seen if all("slurm job" in line for line in seen) else []
+        running = [line for line in status.splitlines() if line.startswith("running   trial")]
+        seen = [line for line in running if "slurm job" in line]
     print("\n".join(seen))
     held = all_three_running()
     cancelled, killed, requeued = sorted(held)

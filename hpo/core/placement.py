@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 
 WORKER_ATTR = "worker"
 # SLURM's own names, lower-cased: the job (array jobs: this element's own id) and array index.
@@ -30,7 +31,7 @@ def placement(host: str | None = None) -> dict[str, str]:
     return out
 
 
-def describe(attrs: dict[str, object]) -> str:
+def describe(attrs: Mapping[str, object]) -> str:
     """`host:pid`, with `slurm job J` (array jobs: `slurm job J = A_T`, the id `scancel`
     takes either way) when recorded."""
     where = str(attrs.get(WORKER_ATTR, "?"))
