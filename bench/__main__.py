@@ -28,6 +28,7 @@ MODULES = (
     "methods",
     "workers",
     "attribution",
+    "scale",
 )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQL
 
 from hpo.core.config import StorageConfig
 from hpo.core.errors import UserError
+from storage._ceiling import CONNECTIONS_PER_WORKER, ceiling_error, refused
 from storage._retry import RetryStaleTrial
 
 SUPPORTED = ("sqlite", "postgresql", "mysql")
@@ -142,6 +143,15 @@ def _schema_race(e: SQLAlchemyError) -> bool:
     return isinstance(e, IntegrityError) or "already exists" in str(e)
 
 
+def _check_schema(storage: RDBStorage) -> None:
+    """Optuna's schema check without its nested connections: it reads the version inside an
+    open session, which through a pooler in transaction mode pins one server connection per
+    starting worker while each waits for a second (a deadlock once workers outnumber them)."""
+    manager = storage._version_manager
+    if manager.get_current_version() != manager.get_head_version():
+        manager.check_table_schema_compatibility()  # raises with Optuna's upgrade advice
+
+
 def _rdb_storage(cfg: StorageConfig, url: str, engine_kwargs: dict[str, Any]) -> RDBStorage:
     """`RDBStorage`, tried again when another process created the same new schema at the same
     moment (two `hpo optimize` on a new SQLite file); the retry finds the schema complete."""
@@ -149,18 +159,37 @@ def _rdb_storage(cfg: StorageConfig, url: str, engine_kwargs: dict[str, Any]) ->
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
-                return RDBStorage(
+                storage = RDBStorage(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=cfg.heartbeat_interval,
                     grace_period=cfg.grace_period,
                     heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=cfg.max_retry),
+                    skip_compatibility_check=cfg.pooler,
                 )
+                if cfg.pooler:
+                    _check_schema(storage)
+                return storage
         except SQLAlchemyError as e:
             if not _schema_race(e) or attempt == SCHEMA_RACE_ATTEMPTS - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _open_connections(engine: sqlalchemy.Engine) -> None:
+    """Open the pool's connections now, so a full server refuses this worker at start.
+
+    Each is rolled back at once: the checkout's ping opened a transaction, and one held while
+    the next connects would pin a pooler's server connection (PgBouncer in transaction mode
+    then deadlocks when every worker does the same).
+    """
+    held = []
+    for _ in range(CONNECTIONS_PER_WORKER):
+        held.append(engine.raw_connection())
+        held[-1].rollback()
+    for conn in held:
+        conn.close()
 
 
 def create_storage(cfg: StorageConfig, url: str) -> RDBStorage:
@@ -186,17 +215,28 @@ def create_storage(cfg: StorageConfig, url: str) -> RDBStorage:
                 ) from e
         engine_kwargs = {"connect_args": {"timeout": cfg.sqlite_timeout}}
     else:
-        engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True}
+        # The trial loop's connection and the heartbeat thread's, no more (storage/_ceiling.py).
+        engine_kwargs = {
+            "pool_size": CONNECTIONS_PER_WORKER,
+            "max_overflow": 0,
+            "pool_pre_ping": True,
+        }
         if backend == "postgresql":
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
+            if cfg.pooler:  # PgBouncer in transaction mode: no server-side prepared statements
+                engine_kwargs["connect_args"]["prepare_threshold"] = None
     try:
         storage = _rdb_storage(cfg, url, engine_kwargs)
+        if backend != "sqlite":
+            _open_connections(storage.engine)
     except (NoSuchModuleError, ImportError) as e:
         raise UserError(
             f"storage.url {mask_url(url)!r} needs a database driver that is not installed "
             f"(for PostgreSQL: pip install 'steering-hpo[postgres]'): {type(e).__name__}"
         ) from e
     except SQLAlchemyError as e:
+        if refused(e):
+            raise ceiling_error(mask_url(url)) from e
         reason = (str(getattr(e, "orig", e)).splitlines() or [type(e).__name__])[0]
         for secret in _secrets(url):
             reason = reason.replace(secret, "***")

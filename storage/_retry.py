@@ -11,7 +11,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 # Attributes that describe the dead attempt, not the trial to retry.
-PER_ATTEMPT = {"fail_reason", "worker", "device"}
+PER_ATTEMPT = {
+    "fail_reason",
+    "worker",
+    "device",
+    "slurm_job_id",
+    "slurm_array_job_id",
+    "slurm_array_task_id",
+}
 
 
 class RetryStaleTrial:

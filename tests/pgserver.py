@@ -31,7 +31,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def postgres_server(bin_dir: Path) -> Iterator[str]:
+def postgres_server(bin_dir: Path, max_connections: int = 100) -> Iterator[str]:
     """Yield `postgresql+psycopg://hpo:<password>@127.0.0.1:<port>/postgres`; stop on exit."""
     root = Path(tempfile.mkdtemp(prefix="hpo-pg-", dir="/tmp"))
     as_root = os.geteuid() == 0
@@ -48,7 +48,7 @@ def postgres_server(bin_dir: Path) -> Iterator[str]:
     )  # fmt: skip
     subprocess.run(
         [*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w",
-         "-o", f"-p {port} -h 127.0.0.1 -k {root} -c max_connections=100", "start"],
+         "-o", f"-p {port} -h 127.0.0.1 -k {root} -c max_connections={max_connections}", "start"],
         check=True, capture_output=True,
     )  # fmt: skip
     try:

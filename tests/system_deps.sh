@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The system parts `make test` needs beyond Python: a PostgreSQL server (the storage tests start
 # one on loopback as an unprivileged user) and Debian's chromium (the dashboard test drives it
-# through Playwright; no browser download). Installed when this runs as root with apt-get;
+# through Playwright; no browser download), and a one-node SLURM cluster with accounting plus
+# PgBouncer (tests/test_slurm.py, bench/scale.py). Installed when this runs as root with apt-get;
 # otherwise one line naming what is missing and how to get it, and exit 2.
 set -euo pipefail
 missing=()
@@ -11,6 +12,12 @@ fi
 if [ ! -x /usr/bin/chromium ]; then
   missing+=(chromium)
 fi
+# The SLURM cluster tests/test_slurm.py starts on loopback (with accounting: slurmdbd on MariaDB,
+# without which submitit waits forever on a dead job) and the pooler bench/scale.py measures.
+for pair in slurmctld:slurm-wlm slurmdbd:slurmdbd munged:munge mariadbd:mariadb-server \
+  pgbouncer:pgbouncer; do
+  command -v "${pair%%:*}" >/dev/null || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
+done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   echo "installing system packages the tests need: ${missing[*]}"

@@ -16,7 +16,7 @@ from hpo.cli.command import main
 from tests.conftest import REPO, tiny_overrides
 
 
-@pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm_gpu"])
+@pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm_gpu", "slurm_cpu"])
 def test_the_slurm_launcher_config_composes(launcher: str) -> None:
     with initialize_config_module(config_module="conf", version_base="1.3"):
         cfg = compose(
@@ -27,6 +27,8 @@ def test_the_slurm_launcher_config_composes(launcher: str) -> None:
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     if launcher == "slurm_gpu":
         assert cfg.hydra.launcher.gpus_per_node == 1
+    if launcher == "slurm_cpu":
+        assert cfg.hydra.launcher.gpus_per_node is None and cfg.hydra.launcher.mem_gb == 4
 
 
 def test_worker_multirun_runs_one_job_per_rank(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -263,6 +263,10 @@ def _multirun(
     sys.argv = [f"hpo-{verb}", "--multirun", *extra, *overrides]
     try:
         job()
+    except SystemExit as e:  # Hydra reported a launched job that failed (SLURM: which one)
+        if e.code in (0, None) or verb != "worker":
+            raise
+        return _after_failed_job(config_name, overrides, config_dirs)
     finally:
         sys.argv = saved
     if errors:
@@ -284,6 +288,34 @@ def _thread_error(args: threading.ExceptHookArgs) -> None:
         )
         return
     threading.__excepthook__(args)
+
+
+REQUEUE_WAIT_S = 180.0
+
+
+def _after_failed_job(config_name: str, overrides: list[str], config_dirs: list[str]) -> int:
+    """0 when the other jobs still meet the study's budget, else one line and exit 2."""
+    from hpo.core.config import to_run_config
+    from hpo.run.budget import outlast_failed_job
+    from hpo.run.study import open_study
+
+    sweep = ("hydra/launcher=", "hydra.", "worker_rank=")
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(sweep)]
+    cfg = to_run_config(_compose(config_name, kept, config_dirs))
+    study = open_study(cfg, create=False)
+    n = cfg.study.n_trials
+    # long enough for a requeued job to queue, start and load the model again
+    stall_s = max(2.0 * cfg.storage.grace_period, REQUEUE_WAIT_S)
+    done = outlast_failed_job(study, n, stall_s)
+    if done < n:
+        raise UserError(
+            f"a launched job failed (see above) and the study has {done} of study.n_trials={n} "
+            f"finished trials after {stall_s:.0f}s without progress; run `hpo worker` again"
+        )
+    logging.getLogger(__name__).warning(
+        "a launched job failed (see above); the other jobs met study.n_trials=%d", n
+    )
+    return 0
 
 
 def _interrupt(signum: int, _frame: object) -> None:

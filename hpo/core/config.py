@@ -353,6 +353,8 @@ class StorageConfig:
     grace_period: int = 300
     max_retry: int = 2
     sqlite_timeout: float = 300.0
+    # The URL points at PgBouncer in transaction mode: psycopg's prepared statements go off.
+    pooler: bool = False
 
     def __post_init__(self) -> None:
         _at_least("storage.heartbeat_interval", self.heartbeat_interval)

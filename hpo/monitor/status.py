@@ -8,6 +8,7 @@ from collections import Counter
 import optuna
 from optuna.trial import TrialState
 
+from hpo.core.placement import describe
 from hpo.core.record import format_params, is_baseline, summary
 
 
@@ -60,7 +61,7 @@ def render_status(study: optuna.Study, url: str) -> str:
         if t.state == TrialState.RUNNING:
             age = now - t.datetime_start.timestamp() if t.datetime_start else 0.0
             lines.append(
-                f"running   trial {t.number} on {t.user_attrs.get('worker', '?')} "
+                f"running   trial {t.number} on {describe(t.user_attrs)} "
                 f"({t.user_attrs.get('device', '?')}) "
                 f"for {age:.0f}s  {format_params(t.params)}"
             )

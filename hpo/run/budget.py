@@ -208,3 +208,25 @@ def wait_for_others(study: optuna.Study, n_trials: int, poll_s: float = 2.0) -> 
             return True
         log.debug("budget claimed by %d running trials; waiting", c[TrialState.RUNNING])
         time.sleep(poll_s)
+
+
+def outlast_failed_job(
+    study: optuna.Study, n_trials: int, stall_s: float, poll_s: float = 2.0
+) -> int:
+    """After a launched job failed: wait while the other jobs finish the budget.
+
+    Returns the finished trials once the budget is met, or once nothing has run for `stall_s`
+    (no RUNNING trial, no new finished one): the caller then reports the shortfall.
+    """
+    last, quiet_since = -1, time.monotonic()
+    while True:
+        fail_stale_trials(study)
+        c = counts(study)
+        finished = c[TrialState.COMPLETE] + c[TrialState.PRUNED]
+        if finished >= n_trials:
+            return finished
+        if finished != last or c[TrialState.RUNNING]:
+            last, quiet_since = finished, time.monotonic()
+        elif time.monotonic() - quiet_since > stall_s:
+            return finished
+        time.sleep(poll_s)

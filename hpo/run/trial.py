@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import socket
 import time
 import warnings
@@ -22,6 +21,7 @@ import torch
 from hpo.core.chance import CHANCE_ATTR, CHANCE_BIAS_ATTR, below_chance, format_bias_message
 from hpo.core.errors import TrialFailure, UserError
 from hpo.core.objective_metrics import SCORE, metric_values, pick_values, study_metrics
+from hpo.core.placement import placement
 from hpo.core.record import (
     BASELINE_ATTR,
     BASELINE_METRICS_ATTR,
@@ -72,7 +72,8 @@ class SteeringObjective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         worker = self.worker
-        trial.set_user_attr("worker", f"{self.host}:{os.getpid()}")
+        for key, value in placement(self.host).items():
+            trial.set_user_attr(key, value)
         trial.set_user_attr("device", str(worker.loaded.device))
         try:
             return self._run(trial)
