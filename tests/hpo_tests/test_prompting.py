@@ -72,7 +72,7 @@ def test_the_prompted_baseline_is_the_unsteered_model_with_exactly_the_instructi
     with_ask = render_prompt(
         cfg.task.under(INSTRUCTION), tiny.tokenizer, "Q?", cfg.task.answer_prefix
     )
-    assert with_ask == f"{ASK}\n\n{text}"  # no chat template: the sentence, a blank line, the prompt
+    assert with_ask == f"{ASK}\n\n{text}"  # no chat template: the sentence, a blank line, then it
     assert all(v.prompt.startswith(f"{ASK}\n\n") for v in prepared.variants)
     alone = objective.score(tiny.model, prepared).value  # the study reused the prompt's KV cache
     assert alone == pytest.approx(study.user_attrs[PROMPTED_VALUE_ATTR], abs=1e-6)
@@ -153,9 +153,9 @@ def test_the_prompting_dimension_replays_through_load_bundle_and_hpo_generate(
 
     study = open_study(cfg)
     point = {"layer": 1, "window": 1, "mode": "add", "alpha": 0.6, "aggregation": "mean"}
-    study.enqueue_trial({**point, "method": "caa", "positions": "prompt_end_onward"} | {
-        "prompting": INSTRUCTION
-    })
+    study.enqueue_trial(
+        {**point, "method": "caa", "positions": "prompt_end_onward"} | {"prompting": INSTRUCTION}
+    )
     study, worker = run_study(cfg)
     steered = study.get_trials()[2]
     assert steered.params["prompting"] == INSTRUCTION
