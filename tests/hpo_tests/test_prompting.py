@@ -16,13 +16,15 @@ from optuna.trial import TrialState
 from hpo import UserError, load_bundle
 from hpo.cli.command import main
 from hpo.core.prompting import INSTRUCTION, Instruction, render
-from hpo.core.record import PROMPTED_ATTR, PROMPTED_METRICS_ATTR, PROMPTED_VALUE_ATTR
+from hpo.core.record import CONFIG_ATTR, PROMPTED_ATTR, PROMPTED_METRICS_ATTR, PROMPTED_VALUE_ATTR
 from hpo.core.selection import pick_trial
 from hpo.export.against_prompting import steerability, verdict, vs_prompting
 from hpo.export.bundle import STEERING_JSON
 from hpo.export.writer import write_bundle
 from hpo.model.decoding import finish
 from hpo.model.loading import LoadedModel
+from hpo.monitor.note import record_export, study_note
+from hpo.monitor.report import figures
 from hpo.monitor.status import render_status
 from hpo.run.tasks import load_task
 from hpo.run.worker import Worker
@@ -91,6 +93,9 @@ def test_the_prompted_baseline_is_never_a_winner_and_status_shows_it(
     shown = render_status(study, "sqlite://")
     assert f"prompted  {study.user_attrs[PROMPTED_VALUE_ATTR]:.4f}" in shown
     assert "prompted baseline trial(s): [1]" in shown
+    value = study.user_attrs[PROMPTED_VALUE_ATTR]
+    note = study_note("s", study.user_attrs[CONFIG_ATTR], 0.5, None, None, value)
+    assert f"| prompted baseline | {value:.4f}: the unsteered model asked (user message)" in note
 
 
 def test_export_scores_the_prompted_baseline_once_and_compares_with_it(
@@ -130,6 +135,12 @@ def test_export_scores_the_prompted_baseline_once_and_compares_with_it(
     assert items["share_worse_beyond_noise"] is not None  # option orders give each item a noise
     card = (path / "README.md").read_text()
     assert "## Against prompting" in card and vs["verdict"][1:] in card
+    # The study note and the report show it: a second dashed line, and the per-item chart.
+    record_export(study, meta, path)
+    charts = figures(study, "score")
+    legend = [t.get_text() for t in charts["history"].axes[0].get_legend().get_texts()]
+    assert any(t.startswith("prompted baseline (instruction, alpha = 0)") for t in legend)
+    assert "items worse" in charts["per_item"].axes[0].get_title()
 
 
 def test_the_prompting_dimension_replays_through_load_bundle_and_hpo_generate(
