@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from hpo import UserError, load_bundle
 from hpo.cli.command import main
+from hpo.cli.verbs import _print_results
 from hpo.core.prompting import INSTRUCTION, Instruction, render
 from hpo.core.record import CONFIG_ATTR, PROMPTED_ATTR, PROMPTED_METRICS_ATTR, PROMPTED_VALUE_ATTR
 from hpo.core.selection import pick_trial
@@ -99,7 +100,9 @@ def test_the_prompted_baseline_is_never_a_winner_and_status_shows_it(
 
 
 def test_export_scores_the_prompted_baseline_once_and_compares_with_it(
-    prompted_study: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    prompted_study: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     study, worker = prompted_study["study"], prompted_study["worker"]
     seen: list[Any] = []
@@ -135,6 +138,10 @@ def test_export_scores_the_prompted_baseline_once_and_compares_with_it(
     assert items["share_worse_beyond_noise"] is not None  # option orders give each item a noise
     card = (path / "README.md").read_text()
     assert "## Against prompting" in card and vs["verdict"][1:] in card
+    _print_results(meta, path)  # what `hpo optimize` / `hpo export` print
+    printed = capsys.readouterr().out
+    assert f"vs prompt   {vs['verdict']}\n" in printed
+    assert f"per item    {items['n_worse']}/{items['n']} test items worse" in printed
     # The study note and the report show it: a second dashed line, and the per-item chart.
     record_export(study, meta, path)
     charts = figures(study, "score")
