@@ -21,6 +21,7 @@ from hpo.core.chance import chance_items
 from hpo.core.config import TaskConfig
 from hpo.core.errors import UserError
 from hpo.core.progress import progress
+from hpo.core.stats import spread
 from hpo.model.batching import length_sorted_batches, pad_left
 from hpo.model.kv import output_cache, scratch_cache, with_cache
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
@@ -253,7 +254,9 @@ class ChoiceProbability:
             n_options[v.item] = len(v.letters)
         # uniform answers: 1 / n letters per item (a baseline below it is a format bias)
         chance = chance_items(n_options)
-        extras = {"chance": sum(chance) / len(chance), "chance_items": chance}
+        extras: dict[str, Any] = {"chance": sum(chance) / len(chance), "chance_items": chance}
+        # An item's own noise: the spread of its score over its option orders.
+        extras["item_noise"] = [spread(xs) for xs in per_item_lists]
         return ScoreResult(sum(per_item) / len(per_item), per_item, per_letter, extras=extras)
 
 

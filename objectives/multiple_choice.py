@@ -18,7 +18,7 @@ probability (smooth on a small split); accuracy is reported beside it.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from hpo.core.columns import is_constant, option_texts, row_option
 from hpo.core.config import TaskConfig
 from hpo.core.errors import UserError
 from hpo.core.progress import progress
+from hpo.core.stats import spread
 from hpo.model.batching import length_sorted_batches, pad_left
 from hpo.model.kv import output_cache, scratch_cache, with_cache
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
@@ -257,14 +258,22 @@ class MultipleChoice:
                 # uniform answers: 1 / n options per item (a baseline below it is a format bias)
                 "chance": sum(chance) / len(chance),
                 "chance_items": chance,
+                # An item's own noise: the spread of its score over its option orders.
+                "item_noise": _by_item(prepared, prob, spread),
             },
             metrics={"accuracy": sum(accuracy) / len(accuracy)},
             metric_items={"accuracy": accuracy},
         )
 
 
-def _by_item(prepared: PreparedMc, values: list[float]) -> list[float]:
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _by_item(
+    prepared: PreparedMc, values: list[float], reduce: Callable[[list[float]], float] = _mean
+) -> list[float]:
     lists: list[list[float]] = [[] for _ in range(prepared.n_items)]
     for v, x in zip(prepared.variants, values, strict=True):
         lists[v.item].append(x)
-    return [sum(xs) / len(xs) for xs in lists]
+    return [reduce(xs) for xs in lists]

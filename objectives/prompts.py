@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hpo.core.config import TaskConfig
+from hpo.core.prompting import INSTRUCTION, render
 
 
 def template_fields(template: str) -> list[str]:
@@ -24,12 +25,13 @@ def render_prompt(
     """Fill `task.prompt_template`, wrap it in the chat template when asked, then add `prefix`.
 
     `{prompt}` is `text`; other fields come from `fields` (the row's columns, `{options}`).
+    Under `task.prompting: instruction` the task's instruction goes in too (`hpo.core.prompting`).
     With a chat template the prefix opens the assistant's turn (e.g. `(` before an answer letter).
     """
-    body = cfg.prompt_template.format(**{**(fields or {}), "prompt": text})
-    if cfg.chat_template and getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
-        )
-        return str(rendered) + prefix.lstrip()
-    return body + prefix
+    values = {**(fields or {}), "prompt": text}
+    body = cfg.prompt_template.format(**values)
+    instruction = cfg.instructed if cfg.prompting == INSTRUCTION else None
+    if instruction is not None:
+        instruction = instruction.filled(values)
+    rendered, chatted = render(tokenizer, body, cfg.chat_template, instruction)
+    return rendered + (prefix.lstrip() if chatted else prefix)

@@ -6,6 +6,7 @@ from search_spaces._derived import SYMBOLS, Derived, parse_derived
 from search_spaces._space import (
     ABLATE_ALPHA,
     PARAMS,
+    PROMPTING_PARAM,
     baseline_params,
     derived_params,
     distributions,
@@ -20,6 +21,7 @@ from search_spaces._space import (
 __all__ = [
     "ABLATE_ALPHA",
     "PARAMS",
+    "PROMPTING_PARAM",
     "SYMBOLS",
     "Derived",
     "baseline_params",

@@ -30,12 +30,15 @@ from hpo.core.directions import METHODS
 from hpo.core.errors import UserError
 from hpo.core.modes import MODES, head_modes, mode_named
 from hpo.core.positions import POSITIONS, positions_named
+from hpo.core.prompting import NONE
 from hpo.core.vocabulary import AGGREGATIONS, ALPHA_SCALES, HEAD_POINTS, PROBE_GATES, SITES
 from search_spaces._derived import Derived, layer_scale, parse_derived
 
 PARAMS = ("layer", "window", "mode", "alpha", "aggregation", "method", "positions")
 HEAD_PARAMS = ("site", "head_ratio", "heads_top_k", "head_point", "head_mode")
 GATE_PARAMS = ("trigger", "probe_gate", "gate_threshold")
+# Sampled last, and only when searched: `none` or `instruction` (`hpo.core.prompting`).
+PROMPTING_PARAM = "prompting"
 LAYER_ALPHA = "layer_alpha"
 # Alpha of an `ablate` trial: the whole component along the direction is removed.
 ABLATE_ALPHA = 1.0
@@ -216,16 +219,35 @@ def distributions(space: SearchSpaceConfig) -> dict[str, BaseDistribution]:
         out["probe_gate"] = CategoricalDistribution(list(space.probe_gate))
         low, high = space.gate_threshold.low, space.gate_threshold.high
         out["gate_threshold"] = FloatDistribution(low, high)
+    if _searched(space.prompting, NONE):
+        out[PROMPTING_PARAM] = CategoricalDistribution(list(space.prompting))
     return out
 
 
 def suggest(
-    trial: optuna.Trial, space: SearchSpaceConfig, baseline: bool = False
+    trial: optuna.Trial,
+    space: SearchSpaceConfig,
+    baseline: bool = False,
+    prompting: str | None = None,
 ) -> dict[str, Any]:
     """Ask the trial for every dimension that applies, in a fixed order; return `resolve`d params.
 
-    `baseline`: the enqueued unsteered trial, which asks for its fixed alpha = 0 in any mode.
+    `baseline`: an enqueued unsteered trial, which asks for its fixed alpha = 0 in any mode.
+    `prompting`: a reference trial's fixed prompt (`none` for the unsteered baseline,
+    `instruction` for the prompted one), recorded in the result instead of sampled.
     """
+    params = _suggest_steering(trial, space, baseline)
+    if prompting is not None:
+        return params | {PROMPTING_PARAM: prompting}
+    if _searched(space.prompting, NONE):
+        trial.suggest_categorical(PROMPTING_PARAM, list(space.prompting))
+        return resolve(trial.params, space)
+    return params
+
+
+def _suggest_steering(
+    trial: optuna.Trial, space: SearchSpaceConfig, baseline: bool
+) -> dict[str, Any]:
     site = "residual"
     if _searched(space.site, "residual"):
         site = trial.suggest_categorical("site", list(space.site))

@@ -49,6 +49,7 @@ def tiny_overrides(model_dir: Path, out: Path) -> list[str]:
         "search_space.layers.high=3",
         "search_space.positions=[prompt_end_onward]",
         f"output_dir={out}",
+        "task.instruction=null",  # no prompted baseline: tests that want one set an instruction
     ]
 
 

@@ -127,7 +127,9 @@ def test_export_writes_a_chosen_trial_again(smoke_run: dict[str, Any]) -> None:
     chosen = next(
         t.number
         for t in study.get_trials(states=(TrialState.COMPLETE,))
-        if t.number > 0 and t.user_attrs.get("feasible")
+        if t.number > 0
+        and t.user_attrs.get("feasible")
+        and not t.user_attrs.get("prompted_baseline")
     )
     target = smoke_run["dir"] / "bundle-trial"
     proc = hpo_cli(

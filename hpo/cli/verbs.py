@@ -32,6 +32,8 @@ def _print_results(meta: dict[str, Any], path: Path) -> None:
         f"validation  baseline {_fmt(val['baseline'])} -> best {_fmt(val['steered'])}  "
         f"(trial {meta['study']['trial']}: {params})"
     )
+    if val.get("prompted") is not None:
+        print(f"validation  prompted baseline {_fmt(val['prompted'])} (instruction, alpha = 0)")
     print(
         f"test (n={test['n']})  baseline {_fmt(test['baseline'])} -> steered "
         f"{_fmt(test['steered'])}  difference {test['difference']:+.4f} "
@@ -73,6 +75,19 @@ def _print_results(meta: dict[str, Any], path: Path) -> None:
             f"{name:<11} validation {_fmt(base.get('baseline'))} -> {_fmt(base.get('steered'))}"
             f"; test {_fmt(m['baseline'])} -> {_fmt(m['steered'])}{ci}"
         )
+    vs = test.get("vs_prompting")
+    if vs:
+        p_lo, p_hi = vs["prompted_minus_unsteered"]["ci95"]
+        print(
+            f"prompted    test {_fmt(vs['unsteered'])} -> {_fmt(vs['prompted'])} with the "
+            f"instruction alone  difference {vs['prompted_minus_unsteered']['difference']:+.4f} "
+            f"[95% CI {p_lo:+.4f}, {p_hi:+.4f}]"
+        )
+        print(f"vs prompt   {vs['verdict']}")
+    if test.get("steerability"):
+        from hpo.export.against_prompting import steerability_line
+
+        print(f"per item    {steerability_line(test['steerability'])}")
     everywhere = (meta.get("control_vector") or {}).get("measured")
     if everywhere:
         print(f"llama.cpp   {llama_cpp_line(everywhere)}")
@@ -474,6 +489,11 @@ def generate(raw: DictConfig, args: Sequence[str] = ()) -> int:
         raise UserError(
             f"a prompt has {max(len(x) for x in ids)} tokens, more than max_prompt_tokens="
             f"{gen.max_prompt_tokens}; long prompts are refused, not truncated"
+        )
+    if bundle.instruction is not None:
+        print(
+            f"instruction the bundle was measured with ({bundle.instruction.placement} message), "
+            f"in every prompt: {bundle.instruction.text}"
         )
     plain: list[tuple[list[int], str]] = []
     steered: list[tuple[list[int], str]] = []

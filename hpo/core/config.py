@@ -7,6 +7,7 @@ its rule here, so a bad config fails before any model loads.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from hpo.core.columns import check_columns
 from hpo.core.errors import UserError
 from hpo.core.names import check_name
+from hpo.core.prompting import INSTRUCTION, NONE, PLACEMENTS, PROMPTINGS, Instruction
 
 DTYPES = ("float32", "float16", "bfloat16")
 DIRECTIONS = ("maximize", "minimize")
@@ -211,6 +213,14 @@ class TaskConfig:
     max_prompt_tokens: int = 2048
     splits: SplitConfig = field(default_factory=SplitConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    # One sentence asking for the behaviour in words (`hpo.core.prompting`): every study then
+    # scores a prompted baseline, and export compares steering with it. `system` = the chat
+    # template's system message; `user` = before the user's text (also without a chat template).
+    instruction: Any = None
+    instruction_placement: str = "user"
+    # Which prompt the objective renders: the study sets it per trial from
+    # `search_space.prompting` (a task itself keeps `none`).
+    prompting: str = NONE
 
     def __post_init__(self) -> None:
         # The name becomes a folder of the bundle (vectors/<name>/): a plain name only.
@@ -225,6 +235,28 @@ class TaskConfig:
         _at_least("task.max_prompt_tokens", self.max_prompt_tokens)
         check_columns(self.name, "columns", self.columns)
         check_columns(self.name, "train_columns", self.train_columns, plain=True)
+        if self.instruction is not None and (
+            not isinstance(self.instruction, str) or not self.instruction.strip()
+        ):
+            raise UserError(
+                "task.instruction must be a non-empty string (one sentence) or null, got "
+                f"{self.instruction!r}"
+            )
+        _check_choice("task.instruction_placement", self.instruction_placement, PLACEMENTS)
+        _check_choice("task.prompting", self.prompting, PROMPTINGS)
+        if self.prompting == INSTRUCTION and self.instruction is None:
+            raise UserError("task.prompting=instruction needs a task.instruction, got null")
+
+    @property
+    def instructed(self) -> Instruction | None:
+        """The task's instruction (None when it has none)."""
+        if self.instruction is None:
+            return None
+        return Instruction(str(self.instruction).strip(), self.instruction_placement)
+
+    def under(self, prompting: str) -> TaskConfig:
+        """This task rendering its prompts under `prompting` (`none` or `instruction`)."""
+        return dataclasses.replace(self, prompting=prompting)
 
 
 @dataclass
@@ -303,8 +335,15 @@ class SearchSpaceConfig:
     trigger: list[str] = field(default_factory=lambda: [""])
     probe_gate: list[str] = field(default_factory=lambda: ["off"])
     gate_threshold: FloatRange = field(default_factory=lambda: FloatRange(0.5, 0.5))
+    # Steering on top of the task's instruction: `[none, instruction]` searches both.
+    prompting: list[str] = field(default_factory=lambda: [NONE])
 
     def __post_init__(self) -> None:
+        if not self.prompting or any(p not in PROMPTINGS for p in self.prompting):
+            raise UserError(
+                f"search_space.prompting must list some of {list(PROMPTINGS)}, "
+                f"got {list(self.prompting)}"
+            )
         # The other rules need the model's layer count: `search_spaces.validate`.
         for key in ("low", "high"):
             value = getattr(self.alpha, key)
@@ -477,6 +516,16 @@ class RunConfig:
         _at_least("workers", self.workers)
         _at_least("worker_rank", self.worker_rank, 0)
         _check_choice("log_level", self.log_level, ("DEBUG", "INFO", "WARNING", "ERROR"))
+        if self.task.prompting != NONE:
+            raise UserError(
+                "task.prompting is set per trial from search_space.prompting; leave it at none, "
+                f"got {self.task.prompting!r}"
+            )
+        if INSTRUCTION in self.search_space.prompting and self.task.instruction is None:
+            raise UserError(
+                f"search_space.prompting lists instruction, but task {self.task.name!r} has no "
+                "task.instruction"
+            )
 
 
 @dataclass

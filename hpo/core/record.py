@@ -20,10 +20,18 @@ CONFIG_ATTR = "hpo_config"
 BASELINE_VALUE_ATTR = "baseline_value"
 # Every named metric of the baseline trial (study attr) / of a trial (trial attr), as a dict.
 BASELINE_METRICS_ATTR = "baseline_metrics"
+# The prompted baseline's value and metrics (the unsteered model asked in words: task.instruction).
+PROMPTED_VALUE_ATTR = "prompted_value"
+PROMPTED_METRICS_ATTR = "prompted_metrics"
+# Whether the prompted baseline met the task's constraints (fluency, kl); absent: unconstrained.
+PROMPTED_FEASIBLE_ATTR = "prompted_feasible"
 # What the last `hpo export` shipped (bundle, trial, held-out test result, warnings), for the note.
 EXPORTED_ATTR = "exported"
 # Trial attributes.
 BASELINE_ATTR = "baseline"
+PROMPTED_ATTR = "prompted_baseline"
+# The prompt a trial was scored with (`none` / `instruction`, `hpo.core.prompting`).
+PROMPTING_ATTR = "prompting"
 METRICS_ATTR = "metrics"
 FEASIBLE_ATTR = "feasible"
 
@@ -47,6 +55,16 @@ def metric_label(kind: str, scorer: str | None) -> str:
 def is_baseline(trial: FrozenTrial) -> bool:
     """Whether a trial is the unsteered baseline (alpha = 0)."""
     return bool(trial.user_attrs.get(BASELINE_ATTR, False))
+
+
+def is_prompted(trial: FrozenTrial) -> bool:
+    """Whether a trial is the prompted baseline (alpha = 0, with the task's instruction)."""
+    return bool(trial.user_attrs.get(PROMPTED_ATTR, False))
+
+
+def is_reference(trial: FrozenTrial) -> bool:
+    """Whether a trial is a reference (unsteered or prompted baseline): never a winner."""
+    return is_baseline(trial) or is_prompted(trial)
 
 
 # optuna-dashboard 0.21 reads a trial's constraints only from this system attribute, as a list.
@@ -80,13 +98,13 @@ def steered_trials(
     states: tuple[TrialState, ...] = (TrialState.COMPLETE,),
     feasible: bool | None = True,
 ) -> list[FrozenTrial]:
-    """Steered (non-baseline) trials in `states`; `feasible=True` keeps the feasible ones,
+    """Steered trials (neither baseline) in `states`; `feasible=True` keeps the feasible ones,
     `False` the infeasible ones, `None` both. The default is what can win: completed, feasible
     and steered."""
     return [
         t
         for t in study.get_trials(deepcopy=False, states=states)
-        if not is_baseline(t) and (feasible is None or is_feasible(t) == feasible)
+        if not is_reference(t) and (feasible is None or is_feasible(t) == feasible)
     ]
 
 
@@ -109,6 +127,7 @@ def summary(study: optuna.Study) -> dict[str, Any]:
         "n_feasible": len(feasible),
         "n_infeasible": len(steered) - len(feasible),
         "baseline": study.user_attrs.get(BASELINE_VALUE_ATTR),
+        "prompted": study.user_attrs.get(PROMPTED_VALUE_ATTR),
         "best_value": None if best is None else main(best),
         "best_trial": None if best is None else best.number,
         "best_params": None if best is None else best.params,

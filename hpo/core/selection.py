@@ -3,7 +3,8 @@
 A rule names one metric to maximize or minimize and conditions on others, e.g.
 `export.rule: {maximize: score, where: {kl: "<= 0.5"}}`. In a multi-objective study the
 candidates are the steered trials on the (feasible) Pareto front; in a single-objective study
-they are all feasible steered trials. Infeasible trials and the baseline are never candidates.
+they are all feasible steered trials. Infeasible trials and the two baselines (unsteered,
+prompted) are never candidates.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from hpo.core.objective_metrics import (
     study_metrics,
     trial_metrics,
 )
-from hpo.core.record import is_baseline, is_feasible, named_constraints, steered_trials
+from hpo.core.record import (
+    is_baseline,
+    is_feasible,
+    is_prompted,
+    named_constraints,
+    steered_trials,
+)
 
 CONDITION = re.compile(r"^\s*(<=|>=|<|>|==)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 OPS: dict[str, Callable[[float, float], bool]] = {
@@ -108,6 +115,7 @@ def front_record(study: optuna.Study) -> list[dict[str, Any]]:
             "params": t.params,
             "values": dict(zip(names, t.values or [], strict=False)),
             "baseline": is_baseline(t),
+            "prompted": is_prompted(t),
         }
         for t in sorted(pareto_front(study), key=lambda t: t.number)
     ]
@@ -162,6 +170,11 @@ def pick_trial(study: optuna.Study, number: int | None, rule: Rule | None = None
     if number is not None:
         for t in complete:
             if t.number == number:
+                if is_prompted(t):
+                    raise UserError(
+                        f"export.trial={number} is the prompted baseline (the task's instruction, "
+                        "no vector): it has nothing to ship; pick a steered trial"
+                    )
                 if not is_feasible(t):
                     raise UserError(
                         f"export.trial={number} is infeasible (it breaks its constraints, "

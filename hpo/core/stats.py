@@ -42,3 +42,11 @@ def shows_gain(interval: Sequence[float], direction: str) -> bool:
     if direction == "minimize":
         return hi < 0.0
     raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+
+
+def spread(values: Sequence[float]) -> float:
+    """Population standard deviation of one item's repeated measurements (0 for one value)."""
+    if not values:
+        raise ValueError("spread needs at least one value, got none")
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5

@@ -17,6 +17,7 @@ import torch
 
 from hpo.core.errors import UserError
 from hpo.core.names import brief
+from hpo.core.prompting import INSTRUCTION, Instruction
 from hpo.export.verify import (
     SCHEMA_VERSION,
     STEERING_JSON,
@@ -144,16 +145,26 @@ class Bundle:
         test = (self.meta.get("metrics") or {}).get("test") or {}
         return list(test.get("samples") or [])
 
+    @property
+    def instruction(self) -> Instruction | None:
+        """The task's instruction when the bundle's numbers were measured with it
+        (`search_space.prompting: instruction`), else None; `prompt` applies it."""
+        record = self.meta.get("prompting") or {}
+        if record.get("mode") != INSTRUCTION:
+            return None
+        return Instruction.from_record(record.get("instruction"))
+
     def prompt(self, tokenizer: Any, text: str, chat_template: bool | None = None) -> str:
         """A user's text as the model should see it: in the tokenizer's chat template when it
         has one and the bundle's task used it (`chat_template` overrides), else as it is (base
-        models). Tokenize the result with `tokenizer(...)`, as the study did."""
+        models), with the instruction the bundle was measured with (`instruction`). Tokenize the
+        result with `tokenizer(...)`, as the study did."""
         from hpo.model.decoding import chat_prompt
 
         use = (
             self.generation.get("chat_template", True) if chat_template is None else chat_template
         )
-        return chat_prompt(tokenizer, text, bool(use))
+        return chat_prompt(tokenizer, text, bool(use), self.instruction)
 
     def load_model(self, device: str = "auto") -> tuple[Any, Any]:
         """The base model this bundle was made for and its tokenizer, as `(model, tokenizer)`.

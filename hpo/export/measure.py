@@ -14,15 +14,19 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpo.core.chance import CHANCE_BIAS_ATTR, chance_report
+from hpo.core.errors import UserError
 from hpo.core.objective_metrics import metric_values
-from hpo.core.record import BASELINE_METRICS_ATTR, BASELINE_VALUE_ATTR
+from hpo.core.prompting import INSTRUCTION, NONE
+from hpo.core.record import BASELINE_METRICS_ATTR, BASELINE_VALUE_ATTR, PROMPTED_VALUE_ATTR
 from hpo.core.selection import values_of
 from hpo.core.stats import bootstrap_diff_ci, shows_gain
+from hpo.export.against_prompting import steerability, vs_prompting
 from hpo.model.decoding import complete_each
 from hpo.run.tasks import load_task
 from hpo.run.worker import Plan, Worker
 from hpo.steering.hooks import steer
 from objectives import ScoreResult
+from search_spaces import PROMPTING_PARAM
 
 # Test prompts whose continuations the bundle records (and `hpo generate replay=true` replays).
 N_SAMPLES = 3
@@ -65,19 +69,39 @@ def _compare_all(
 @dataclass
 class TestSplit:
     """The held-out test split, read and prepared once per export, with its unsteered result
-    (every measurement of the export compares with this one baseline)."""
+    (every measurement of the export compares with this one baseline) and, for a task with an
+    instruction, the prompted baseline's (scored once, whatever the export measures)."""
 
     rows: list[Any]
     prepared: Any
     baseline: ScoreResult
+    prompted: Any = None
+    prompted_baseline: ScoreResult | None = None
 
     @classmethod
     def load(cls, worker: Worker) -> TestSplit:
         """Read the task's test rows, prepare them (tokenized; unsteered reference run) and
-        score them unsteered, side metrics included."""
+        score them unsteered, side metrics included; with an instruction, also prompted."""
         rows = load_task(worker.cfg.task).test()
         prepared = worker.prepare(rows)
-        return cls(rows, prepared, worker.baseline_result(prepared, "test"))
+        test = cls(rows, prepared, worker.baseline_result(prepared, "test"))
+        if worker.cfg.task.instruction is not None:
+            test.prompted = worker.prepare(rows, INSTRUCTION, like=prepared)
+            test.prompted_baseline = worker.baseline_result(test.prompted, "test")
+        return test
+
+    def under(self, prompting: str) -> Any:
+        """The prepared split a trial of this `prompting` is scored on."""
+        if prompting == NONE:
+            return self.prepared
+        if self.prompted is None:
+            raise UserError(f"the winner was scored with prompting {prompting!r}: no instruction")
+        return self.prompted
+
+
+def prompting_of(plan: Plan) -> str:
+    """The prompting a plan's trial was scored with (`none` for trials before it existed)."""
+    return str(plan.resolved.get(PROMPTING_PARAM, NONE))
 
 
 def measure(
@@ -95,7 +119,8 @@ def measure(
     """
     test = TestSplit.load(worker) if test is None else test
     plan = worker.plan(trial.params) if plan is None else plan
-    test_rows, prepared, baseline = test.rows, test.prepared, test.baseline
+    prompting = prompting_of(plan)
+    test_rows, prepared, baseline = test.rows, test.under(prompting), test.baseline
     steered = worker.score(plan, prepared, split="test")
     seed = worker.cfg.study.seed
     lo, hi = bootstrap_diff_ci(steered.per_item, baseline.per_item, seed=seed)
@@ -139,6 +164,27 @@ def measure(
         }
     if not feasible:
         warnings.append(f"on the test split the winner breaks the constraints {constraints}")
+    direction = worker.cfg.task.objective.direction
+    extra["steerability"] = steerability(
+        steered.per_item,
+        baseline.per_item,
+        direction,
+        steered.extras.get("item_noise"),
+        baseline.extras.get("item_noise"),
+    )
+    instruction = worker.cfg.task.instructed
+    if test.prompted_baseline is not None and instruction is not None:
+        extra["vs_prompting"] = vs_prompting(
+            steered.per_item,
+            baseline.per_item,
+            test.prompted_baseline.per_item,
+            direction,
+            seed,
+            instruction,
+            prompting,
+        )
+        extra["vs_prompting"]["metrics"] = _compare_all(test.prompted_baseline, baseline, seed)
+        extra["steerability"]["prompted"] = list(test.prompted_baseline.per_item)
     val_metrics = values_of(trial)
     val_base = study.user_attrs.get(BASELINE_METRICS_ATTR) or {}
     test_metrics = _compare_all(steered, baseline, seed)
@@ -151,6 +197,8 @@ def measure(
             "n": worker.cfg.task.splits.validation,
             "per_letter": per_letter_val,
             "metrics": _compare(val_metrics, val_base, {}, {}, seed),
+            "prompted": study.user_attrs.get(PROMPTED_VALUE_ATTR),
+            "prompting": prompting,
         },
         "test": {
             "steered": steered.value,
@@ -213,8 +261,9 @@ def everywhere(worker: Worker, plan: Plan, test: TestSplit) -> dict[str, Any]:
     That is what llama.cpp's control vector does, whatever positions the study chose: its
     score, every side metric (KL, fluency) and feasibility, so a GGUF user knows what to expect.
     """
+    prepared = test.under(prompting_of(plan))
     plan = dataclasses.replace(plan, application=plan.application.at("all"))
-    steered, baseline = worker.score(plan, test.prepared, split="test"), test.baseline
+    steered, baseline = worker.score(plan, prepared, split="test"), test.baseline
     seed = worker.cfg.study.seed
     lo, hi = bootstrap_diff_ci(steered.per_item, baseline.per_item, seed=seed)
     constraints = steered.extras.get("constraints", {})

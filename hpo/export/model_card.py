@@ -69,7 +69,7 @@ A {meta["method"].upper()} steering vector for **{base}** found by an Optuna TPE
 | validation | {val["n"]} | {_num(val["baseline"])} | {_num(val["steered"])} | |
 | test (held out) | {test["n"]} | {_num(test["baseline"])} | {_num(test["steered"])} | \
 {test["difference"]:+.4f} [{lo:+.4f}, {hi:+.4f}] |
-{_side_metrics(meta)}
+{_side_metrics(meta)}{_against_prompting(meta)}
 ## Use it
 
 ```python
@@ -93,6 +93,46 @@ bundle.alpha = 0.5 * bundle.alpha  # change strength; bundle.enabled = False to 
 - `config.yaml`: the winning trial as an experiment config
 {"- `control_vector.gguf`: llama.cpp control vector (alpha applied)" if _has_gguf(meta) else ""}
 """
+
+
+def _against_prompting(meta: dict[str, Any]) -> str:
+    """Steered vs the prompted baseline on the test split, and the items the vector made worse."""
+    from hpo.export.against_prompting import steerability_line
+
+    test = meta["metrics"]["test"]
+    out = ""
+    vs = test.get("vs_prompting")
+    if vs:
+        instruction = vs["instruction"]
+        rows = "\n".join(
+            f"| {label} | {vs[key]['difference']:+.4f} | "
+            f"[{vs[key]['ci95'][0]:+.4f}, {vs[key]['ci95'][1]:+.4f}] |"
+            for label, key in (
+                ("steered - unsteered", "steered_minus_unsteered"),
+                ("steered - prompted", "steered_minus_prompted"),
+                ("prompted - unsteered", "prompted_minus_unsteered"),
+            )
+        )
+        on_top = (
+            " (the vector was measured on top of it)" if vs["winner_prompting"] != "none" else ""
+        )
+        out += f"""
+## Against prompting
+
+The prompted baseline is the unsteered model asked in words ({instruction["placement"]} \
+message): "{instruction["text"]}"{on_top}. Held-out test (n={vs["n"]}): unsteered \
+{vs["unsteered"]:.4f}, prompted {vs["prompted"]:.4f}, steered {vs["steered"]:.4f}.
+
+**{vs["verdict"][0].upper() + vs["verdict"][1:]}.**
+
+| paired difference | mean | 95% CI |
+|---|---|---|
+{rows}
+"""
+    items = test.get("steerability")
+    if items:
+        out += f"\nPer item: {steerability_line(items)}.\n"
+    return out
 
 
 def _index_name(meta: dict[str, Any]) -> str:

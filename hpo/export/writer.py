@@ -27,11 +27,12 @@ from hpo.core.version import __version__
 from hpo.export.bundle import SCHEMA_VERSION, STEERING_JSON, sha256_file, vector_relpath
 from hpo.export.control_vector import FILENAME as CONTROL_VECTOR
 from hpo.export.control_vector import ControlVectorError, model_hint, write_control_vector
-from hpo.export.measure import TestSplit, everywhere, measure, no_gain_reason
+from hpo.export.measure import TestSplit, everywhere, measure, no_gain_reason, prompting_of
 from hpo.export.model_card import model_card
 from hpo.export.target import check_target, protected_paths, publish, staging_dir
 from hpo.export.verify import RECORD_SHA256, bundle_tensors, record_digest
 from hpo.run.worker import Worker
+from search_spaces import PROMPTING_PARAM
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ def _experiment_yaml(cfg: RunConfig, trial: FrozenTrial) -> str:
         if alpha is None  # ablate: alpha is not searched
         else {"low": alpha, "high": alpha, "log": False}
     )
+    if PROMPTING_PARAM in p:
+        space["prompting"] = [p[PROMPTING_PARAM]]
     space.update(
         aggregation=[p["aggregation"]],
         method=[p.get("method", "caa")],
@@ -250,6 +253,13 @@ def write_bundle(
         },
         "package": {"name": "steering-hpo", "version": __version__},
         "environment": environment(worker),
+    }
+    # The prompt the numbers were measured with: load_bundle / hpo generate apply the same.
+    instruction = cfg.task.instructed
+    meta["prompting"] = {
+        "mode": prompting_of(plan),
+        "instruction": None if instruction is None else instruction.record(),
+        "chat_template": cfg.task.chat_template,
     }
     if cfg.task.objective.kind == "generation":
         meta["generation"] = {

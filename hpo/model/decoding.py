@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hpo.core.prompting import Instruction, render
 from hpo.model.batching import pad_left
 
 if TYPE_CHECKING:
@@ -50,15 +51,12 @@ def generate_ids(
     return [row[width:].tolist() for row in out]
 
 
-def chat_prompt(tokenizer: Any, text: str, chat_template: bool = True) -> str:
-    """The user's text wrapped in the chat template when the tokenizer has one."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        return str(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-        )
-    return text
+def chat_prompt(
+    tokenizer: Any, text: str, chat_template: bool = True, instruction: Instruction | None = None
+) -> str:
+    """The user's text wrapped in the chat template when the tokenizer has one, with an
+    instruction where it asks to go (`hpo.core.prompting.render`)."""
+    return render(tokenizer, text, chat_template, instruction)[0]
 
 
 def finish(

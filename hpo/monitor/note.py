@@ -12,6 +12,7 @@ from hpo.core.record import (
     BASELINE_VALUE_ATTR,
     CONFIG_ATTR,
     EXPORTED_ATTR,
+    PROMPTED_VALUE_ATTR,
     format_params,
     summary,
 )
@@ -38,6 +39,14 @@ def export_record(
         "params": meta["study"]["params"],
         "test": {k: test.get(k) for k in ("baseline", "steered", "difference", "ci95", "n")},
         "kl": None if kl is None else kl["steered"],
+        "vs_prompting": (test.get("vs_prompting") or {}).get("verdict"),
+        # Per test item (the report's per-item chart), with the score's direction.
+        "steerability": {
+            **(test.get("steerability") or {}),
+            "direction": meta["objective"]["direction"],
+        }
+        if test.get("steerability")
+        else None,
         "warnings": list(metrics.get("warnings", [])),
     }
 
@@ -67,6 +76,8 @@ def export_section(exported: dict[str, Any] | None) -> str:
     kl = "" if exported.get("kl") is None else f"; KL on neutral prompts {exported['kl']:.4f}"
     warnings = exported.get("warnings") or []
     listed = "\n".join(f"- {w}" for w in warnings) if warnings else "- none"
+    verdict = exported.get("vs_prompting")
+    prompting = f"\nAgainst prompting (held-out test): {verdict}.\n" if verdict else ""
     if exported.get("bundle") is None:
         shipped = f"Nothing shipped: {exported.get('reason') or 'no bundle written'}."
     else:
@@ -81,6 +92,7 @@ def export_section(exported: dict[str, Any] | None) -> str:
 
 Held-out test (n={test["n"]}): {_fmt(test["baseline"])} -> **{_fmt(test["steered"])}**, \
 difference {test["difference"]:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}]{kl}.
+{prompting}
 
 Warnings:
 {listed}
@@ -93,6 +105,7 @@ def study_note(
     baseline: float | None,
     best: dict[str, Any] | None,
     exported: dict[str, Any] | None = None,
+    prompted: float | None = None,
 ) -> str:
     """Markdown: model, task, search space, baseline, best so far, and the commands to ship.
 
@@ -102,6 +115,8 @@ def study_note(
         baseline: the unsteered score, or None while the baseline trial has not finished.
         best: `{"number", "value", "params"}` of the best feasible steered trial, or None.
         exported: what the last `hpo export` shipped (`export_record`), or None.
+        prompted: the prompted baseline's score (the unsteered model with the task's
+            instruction), or None (no instruction, or its trial has not finished).
     """
     model, task, space = record["model"], record["task"], record["search_space"]
     objective = task["objective"]
@@ -117,6 +132,16 @@ def study_note(
             f"`{format_params(best['params'])}`; its vector, per-item scores (CSV) and plot "
             "are in the trial's Artifacts"
         )
+    prompted_row = ""
+    if task.get("instruction"):
+        shown = "pending (alpha = 0)" if prompted is None else f"{prompted:.4f}"
+        prompted_row = (
+            f"| prompted baseline | {shown}: the unsteered model asked "
+            f"({task.get('instruction_placement', 'user')} message) "
+            f'"{task["instruction"]}" |\n'
+        )
+        if best is not None and prompted is not None:
+            best_line += f" (vs prompted {best['value'] - prompted:+.4f})"
     where = f"output_dir={record['output_dir']} study.name={name}"
     if record["storage"]["url"].startswith("postgresql"):
         where = f"storage=postgres study.name={name}"
@@ -134,7 +159,7 @@ def study_note(
 ({space["alpha_scale"]}), aggregation {space["aggregation"]}, method {space["method"]}, \
 positions {space["positions"]} |
 | baseline | {_fmt(baseline)} |
-| best so far | {best_line} |
+{prompted_row}| best so far | {best_line} |
 
 User attributes of each trial: `delta_vs_baseline`, `vector_norm`, `time_score_s`,
 `time_vector_s`, `worker`, `device` (and `feasible` plus fluency measures for generation tasks).
@@ -171,6 +196,7 @@ def refresh_note(study: optuna.Study, best: dict[str, Any] | None = None) -> Non
         study.user_attrs.get(BASELINE_VALUE_ATTR),
         best,
         study.user_attrs.get(EXPORTED_ATTR),
+        study.user_attrs.get(PROMPTED_VALUE_ATTR),
     )
     try:
         save_note(study, body)

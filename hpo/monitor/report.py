@@ -20,11 +20,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.core.chance import CHANCE_ATTR
-from hpo.core.record import is_baseline, is_feasible
+from hpo.core.record import EXPORTED_ATTR, is_baseline, is_feasible, is_prompted, is_reference
 
 log = logging.getLogger(__name__)
 
-CHARTS = {"history", "layer_alpha", "importances", "intermediate", "pareto"}
+CHARTS = {"history", "layer_alpha", "importances", "intermediate", "pareto", "per_item"}
 
 
 # What the number means, by scorer or objective kind: axis labels carry the unit.
@@ -36,9 +36,9 @@ def _title(ax: Any, text: str) -> None:
 
 
 def _steered_copy(study: optuna.Study) -> optuna.Study:
-    """An in-memory copy of the study without the baseline trial, for Optuna's plots."""
+    """An in-memory copy of the study without the reference trials, for Optuna's plots."""
     copy = optuna.create_study(directions=study.directions, study_name=study.study_name)
-    copy.add_trials([t for t in study.get_trials(deepcopy=False) if not is_baseline(t)])
+    copy.add_trials([t for t in study.get_trials(deepcopy=False) if not is_reference(t)])
     if study.metric_names:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # set_metric_names is experimental
@@ -46,9 +46,10 @@ def _steered_copy(study: optuna.Study) -> optuna.Study:
     return copy
 
 
-def _baseline(study: optuna.Study) -> FrozenTrial | None:
+def _baseline(study: optuna.Study, prompted: bool = False) -> FrozenTrial | None:
+    """The unsteered baseline trial (`prompted`: the prompted one), once complete."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if is_baseline(t):
+        if is_prompted(t) if prompted else is_baseline(t):
             return t
     return None
 
@@ -86,6 +87,15 @@ def history(study: optuna.Study, label: str) -> Any:
             linewidth=1.5,
             label=f"baseline (alpha = 0) {base.values[0]:.4f}",
         )
+    prompted = _baseline(study, prompted=True)
+    if prompted is not None and prompted.values:
+        ax.axhline(
+            prompted.values[0],
+            color="tab:purple",
+            linestyle="--",
+            linewidth=1.5,
+            label=f"prompted baseline (instruction, alpha = 0) {prompted.values[0]:.4f}",
+        )
     chance = study.user_attrs.get(CHANCE_ATTR)
     if chance is not None and not multi:
         ax.axhline(
@@ -113,7 +123,7 @@ def layer_alpha(study: optuna.Study, label: str, alpha_scale: str) -> Any:
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if not is_baseline(t) and "layer" in t.params and "alpha" in t.params
+        if not is_reference(t) and "layer" in t.params and "alpha" in t.params
     ]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
@@ -184,6 +194,45 @@ def layer_alpha(study: optuna.Study, label: str, alpha_scale: str) -> Any:
     ax.grid(True, alpha=0.3)
     if trials:
         ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def per_item(items: dict[str, Any], label: str) -> Any:
+    """Per test item, steered - unsteered (and prompted - unsteered), items sorted by their
+    unsteered score: a gain carried by a few items while many backfire shows here."""
+    import matplotlib.pyplot as plt
+
+    unsteered = items["unsteered"]
+    order = sorted(range(len(unsteered)), key=lambda i: unsteered[i])
+    diffs = [items["steered"][i] - unsteered[i] for i in order]
+    sign = 1.0 if items.get("direction", "maximize") == "maximize" else -1.0
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colours = [
+        "tab:green" if sign * d > 0 else "tab:red" if sign * d < 0 else "grey" for d in diffs
+    ]
+    x = list(range(len(order)))
+    ax.bar(x, diffs, color=colours, label="steered - unsteered (red: made worse)")
+    if items.get("prompted"):
+        ax.scatter(
+            x,
+            [items["prompted"][i] - unsteered[i] for i in order],
+            marker="_",
+            s=120,
+            color="tab:purple",
+            label="prompted - unsteered (the instruction alone)",
+            zorder=3,
+        )
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    worse = items["n_worse"]
+    _title(
+        ax,
+        f"Per-item effect on the held-out test split: {worse}/{items['n']} items worse "
+        f"({100 * items['share_worse']:.0f}%)",
+    )
+    ax.set_xlabel("test item, sorted by its unsteered score (lowest left)")
+    ax.set_ylabel(f"difference ({label.replace('validation score', 'test score')})")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
     return fig
 
 
@@ -259,6 +308,9 @@ def figures(study: optuna.Study, label: str, alpha_scale: str = "relative") -> d
         del makers["intermediate"]  # one batch per trial: nothing to compare along the way
     if len(study.directions) in (2, 3):
         makers["pareto"] = lambda: pareto(steered, label)
+    items = (study.user_attrs.get(EXPORTED_ATTR) or {}).get("steerability")
+    if items and items.get("n"):
+        makers["per_item"] = lambda: per_item(items, label)
     out: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental

@@ -9,7 +9,13 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.core.placement import describe
-from hpo.core.record import format_params, is_baseline, summary
+from hpo.core.record import (
+    PROMPTED_FEASIBLE_ATTR,
+    format_params,
+    is_baseline,
+    is_prompted,
+    summary,
+)
 
 
 def _directions(study: optuna.Study) -> str:
@@ -33,13 +39,27 @@ def render_status(study: optuna.Study, url: str) -> str:
     ]
     baseline = info["baseline"]
     lines.append(f"baseline  {'n/a' if baseline is None else f'{baseline:.4f}'} (alpha = 0)")
+    prompted = info["prompted"]
+    if prompted is not None or any(is_prompted(t) for t in trials):
+        shown = "n/a" if prompted is None else f"{prompted:.4f}"
+        gain = (
+            "" if prompted is None or baseline is None else f" (delta {prompted - baseline:+.4f})"
+        )
+        broken = study.user_attrs.get(PROMPTED_FEASIBLE_ATTR) is False
+        lines.append(
+            f"prompted  {shown}{gain} (alpha = 0, with the task's instruction)"
+            + ("  INFEASIBLE" if broken else "")
+        )
     if info["n_infeasible"]:
         lines.append(
             f"feasible  {info['n_feasible']} steered trials pass the "
             f"constraints (fluency, kl), {info['n_infeasible']} do not (never exported)"
         )
     if info["best_trial"] is not None:
-        delta = "" if baseline is None else f" (delta {info['best_value'] - baseline:+.4f})"
+        delta = "" if baseline is None else f" (delta {info['best_value'] - baseline:+.4f}"
+        if delta and prompted is not None:
+            delta += f", vs prompted {info['best_value'] - prompted:+.4f}"
+        delta += ")" if delta else ""
         lines.append(
             f"best      feasible trial {info['best_trial']}: {info['best_value']:.4f}{delta}  "
             f"{format_params(info['best_params'])}"
@@ -54,7 +74,7 @@ def render_status(study: optuna.Study, url: str) -> str:
         for number in info["front"]:
             t = by_number[number]
             values = " ".join(f"{n}={v:.4f}" for n, v in zip(names, t.values or [], strict=False))
-            tag = " (baseline)" if is_baseline(t) else ""
+            tag = " (baseline)" if is_baseline(t) else " (prompted)" if is_prompted(t) else ""
             lines.append(f"  trial {number}{tag}: {values}  {format_params(t.params)}")
     now = time.time()
     for t in trials:
@@ -80,4 +100,7 @@ def render_status(study: optuna.Study, url: str) -> str:
     flag = [t.number for t in trials if is_baseline(t)]
     if flag:
         lines.append(f"baseline trial(s): {flag}")
+    flag = [t.number for t in trials if is_prompted(t)]
+    if flag:
+        lines.append(f"prompted baseline trial(s): {flag}")
     return "\n".join(lines)

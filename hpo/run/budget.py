@@ -19,7 +19,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from hpo.core.errors import TrialFailure, UserError
-from hpo.core.record import BASELINE_ATTR
+from hpo.core.record import BASELINE_ATTR, PROMPTED_ATTR
 from storage import RetryStaleTrial, rdb_of, trials_without_heartbeat
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def budgeted(objective: Objective, n_trials: int, taken: list[int] | None = None
             reason = f"worker stopped ({str(e) or 'Ctrl-C'})"
             log.warning("trial %d failed: %s", trial.number, reason)
             trial.set_user_attr("fail_reason", reason)
-            if trial.user_attrs.get(BASELINE_ATTR):
+            if trial.user_attrs.get(BASELINE_ATTR) or trial.user_attrs.get(PROMPTED_ATTR):
                 _retry_baseline(trial)
             raise
         except Exception:

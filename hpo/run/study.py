@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from hpo.core.config import CHARS_PER_TOKEN, RunConfig, TaskConfig
 from hpo.core.errors import UserError
 from hpo.core.objective_metrics import study_metrics
-from hpo.core.record import BASELINE_ATTR, CONFIG_ATTR, metric_label
+from hpo.core.record import BASELINE_ATTR, CONFIG_ATTR, PROMPTED_ATTR, metric_label
 from hpo.core.selection import parse_rule
 from hpo.model.loading import ModelShape, load_model, read_shape
 from hpo.run import budget
@@ -307,7 +307,8 @@ def _initialise(
     record: dict[str, Any],
     on_create: Callable[[optuna.Study], None] | None,
 ) -> None:
-    """Record a new study's metric names and config and enqueue its baseline.
+    """Record a new study's metric names and config and enqueue its baseline (and, when the
+    task has an instruction, the prompted baseline right after it).
 
     The config record comes last: a process that joins meanwhile waits for it, so it never
     runs a trial before the baseline is enqueued.
@@ -325,6 +326,13 @@ def _initialise(
             user_attrs={BASELINE_ATTR: True},
             skip_if_exists=True,
         )
+        if cfg.task.instruction is not None and cfg.study.n_trials > 1:
+            # The unsteered model asked in words: what a user would try before a vector. It
+            # counts against study.n_trials like the unsteered baseline.
+            study.enqueue_trial(
+                baseline_params(cfg.search_space),
+                user_attrs={PROMPTED_ATTR: True},
+            )
     study.set_user_attr(CONFIG_ATTR, record)
     if on_create is not None:
         on_create(study)
@@ -364,6 +372,7 @@ def prepare_worker(
     column = cfg.task.columns.get("prompt")
     if column:
         worker.prompts = [str(row[column]) for row in task.validation]
+    worker.validation_rows = list(task.validation)
     if validation:
         worker.validation = worker.prepare(task.validation)
     return worker

@@ -106,17 +106,28 @@ def _check_template(cfg: TaskConfig, row: Row, where: str = "") -> None:
     known = {"prompt", *row} | ({"options"} if cfg.objective.kind == "multiple_choice" else set())
     if where:  # a separate train_source: its rows fill the train prompts' fields
         known = {"prompt", *row}
-    for _, name, _, _ in string.Formatter().parse(cfg.prompt_template):
-        if name == "" or (name is not None and name.isdigit()):
+    templates = {"prompt_template": cfg.prompt_template}
+    if isinstance(cfg.instruction, str):  # an instruction may name the row's fields too
+        templates["instruction"] = cfg.instruction
+    for key, template in templates.items():
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as e:  # a lone brace
             raise UserError(
-                f"task {cfg.name!r}: task.prompt_template has an unnamed field {{{name}}}; "
-                "write {{ and }} for literal braces"
-            )
-        if name is not None and name not in known:
-            raise UserError(
-                f"task {cfg.name!r}: task.prompt_template names an unknown field {{{name}}}"
-                f"{where}; fields: {sorted(known)}"
-            )
+                f"task {cfg.name!r}: task.{key} is not a valid template ({e}); write {{{{ and "
+                f"}}}} for literal braces, got {template!r}"
+            ) from e
+        for _, name, _, _ in parsed:
+            if name == "" or (name is not None and name.isdigit()):
+                raise UserError(
+                    f"task {cfg.name!r}: task.{key} has an unnamed field {{{name}}}; "
+                    "write {{ and }} for literal braces"
+                )
+            if name is not None and name not in known:
+                raise UserError(
+                    f"task {cfg.name!r}: task.{key} names an unknown field {{{name}}}"
+                    f"{where}; fields: {sorted(known)}"
+                )
 
 
 def _check_disjoint(cfg: TaskConfig, named: dict[str, list[Row]]) -> None:

@@ -22,18 +22,24 @@ from hpo.core.chance import CHANCE_ATTR, CHANCE_BIAS_ATTR, below_chance, format_
 from hpo.core.errors import TrialFailure, UserError
 from hpo.core.objective_metrics import SCORE, metric_values, pick_values, study_metrics
 from hpo.core.placement import placement
+from hpo.core.prompting import INSTRUCTION, NONE
 from hpo.core.record import (
     BASELINE_ATTR,
     BASELINE_METRICS_ATTR,
     BASELINE_VALUE_ATTR,
     FEASIBLE_ATTR,
     METRICS_ATTR,
+    PROMPTED_ATTR,
+    PROMPTED_FEASIBLE_ATTR,
+    PROMPTED_METRICS_ATTR,
+    PROMPTED_VALUE_ATTR,
+    PROMPTING_ATTR,
     format_params,
     record_constraints,
 )
 from hpo.run.worker import Worker
 from objectives import ScoreResult
-from search_spaces import suggest
+from search_spaces import PROMPTING_PARAM, suggest
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,11 @@ class TrialOutcome:
 # Called after every completed trial; the CLI hands in `hpo.monitor.Publisher`. The trial loop
 # itself imports no monitoring, dashboard or plotting code.
 Publish = Callable[[TrialOutcome], None]
+
+
+def feasible_now(result: ScoreResult) -> bool:
+    """Whether a scored result meets its constraints (all values <= 0)."""
+    return all(v <= 0 for v in result.extras.get("constraints", {}).values())
 
 
 class SteeringObjective:
@@ -126,18 +137,24 @@ class SteeringObjective:
 
     def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         worker = self.worker
-        is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR, False))
+        is_prompted = bool(trial.user_attrs.get(PROMPTED_ATTR, False))
+        # Both reference trials are unsteered (alpha = 0); the prompted one has the instruction.
+        is_baseline = is_prompted or bool(trial.user_attrs.get(BASELINE_ATTR, False))
+        fixed = (INSTRUCTION if is_prompted else NONE) if is_baseline else None
         with warnings.catch_warnings():
             # The baseline's alpha = 0 may lie outside the alpha range on purpose.
             warnings.filterwarnings("ignore", message="Fixed parameter", category=UserWarning)
-            params = suggest(trial, worker.cfg.search_space, baseline=is_baseline)
+            params = suggest(trial, worker.cfg.search_space, baseline=is_baseline, prompting=fixed)
+        prompting = str(params.get(PROMPTING_PARAM, NONE))
+        trial.set_user_attr(PROMPTING_ATTR, prompting)
+        prepared = worker.validation_under(prompting)  # the first prompted trial prepares it
         started = time.perf_counter()
         plan = worker.plan(trial.params, resolved=params)
         vectors = plan.vectors
         built = time.perf_counter()
 
         try:
-            result = worker.score(plan, worker.validation, self._reporter(trial, is_baseline))
+            result = worker.score(plan, prepared, self._reporter(trial, is_baseline))
         except optuna.TrialPruned as pruned:
             log.info("trial %d: %s -> %s", trial.number, format_params(params), pruned)
             raise
@@ -182,7 +199,12 @@ class SteeringObjective:
             raise TrialFailure(f"objective metrics are non-finite: {bad}")
         trial.set_user_attr(METRICS_ATTR, named)  # full precision: export rules compare them
         study = trial.study
-        if is_baseline:
+        if is_prompted:
+            study.set_user_attr(PROMPTED_VALUE_ATTR, values[0])
+            study.set_user_attr(PROMPTED_METRICS_ATTR, named)
+            if "constraints" in result.extras:
+                study.set_user_attr(PROMPTED_FEASIBLE_ATTR, feasible_now(result))
+        elif is_baseline:
             study.set_user_attr(BASELINE_VALUE_ATTR, values[0])
             study.set_user_attr(BASELINE_METRICS_ATTR, named)
             self._check_chance(study, result)
@@ -194,8 +216,11 @@ class SteeringObjective:
         delta = None if baseline is None else values[0] - baseline
         if delta is not None:
             trial.set_user_attr("delta_vs_baseline", round(delta, 6))
+        prompted = study.user_attrs.get(PROMPTED_VALUE_ATTR)
+        if prompted is not None and not is_prompted:
+            trial.set_user_attr("delta_vs_prompted", round(values[0] - prompted, 6))
         feasible = trial.user_attrs.get(FEASIBLE_ATTR)
-        if is_baseline:
+        if is_baseline and not is_prompted:
             worker.baseline_items = list(result.per_item)
         if self.publish is not None:
             self.publish(
@@ -210,9 +235,13 @@ class SteeringObjective:
                 )
             )
         side = " ".join(f"{k}={v:.4g}" for k, v in named.items() if k != SCORE)
+        tag = " (prompted baseline)" if is_prompted else " (baseline)" if is_baseline else ""
+        if prompted is not None and not is_prompted:
+            side += f"{' ' if side else ''}vs prompted {values[0] - prompted:+.4f}"
         log.info(
-            "trial %d: %s -> %s%s%s%s in %.2fs (vector %.1f ms)",
+            "trial %d%s: %s -> %s%s%s%s in %.2fs (vector %.1f ms)",
             trial.number,
+            tag,
             format_params(params),
             " ".join(f"{m.name}={v:.4f}" for m, v in zip(self.metrics, values, strict=True)),
             f" [{side}]" if side else "",

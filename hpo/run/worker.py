@@ -11,6 +11,7 @@ import torch
 from hpo.core.config import RunConfig
 from hpo.core.errors import UserError
 from hpo.core.positions import positions_named
+from hpo.core.prompting import NONE
 from hpo.model.decoding import chat_prompt
 from hpo.model.loading import LoadedModel
 from hpo.run.tasks import kl_prompts
@@ -23,7 +24,7 @@ from hpo.steering.hooks import steer
 from hpo.steering.methods import VectorBuilder
 from hpo.steering.probe import ProbeBank
 from hpo.steering.residual import ResidualCache, SteeredAbove
-from objectives import ConstrainedObjective, Objective, ScoreResult
+from objectives import ConstrainedObjective, Objective, ScoreResult, make_objective
 from objectives.kl import KLReference, build_reference, kl_per_prompt
 from search_spaces import layer_scales, resolve, steered_layers
 
@@ -63,6 +64,10 @@ class Worker:
     baseline_items: list[float] | None = None
     # Unsteered KL reference per split ("validation", "test"), built on first use.
     kl: dict[str, KLReference] = field(default_factory=dict)
+    # The validation rows, and per prompting other than `none` their prepared split (first use).
+    validation_rows: list[Any] | None = None
+    _prompted: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _objectives: dict[str, Objective] = field(default_factory=dict, init=False, repr=False)
     builder: VectorBuilder = field(init=False)
     # Site heads: every head's direction, norm and probe (None when the space has no heads).
     heads: HeadBank | None = field(default=None, init=False)
@@ -184,9 +189,36 @@ class Worker:
         """The vector(s) added at alpha = 1 for a trial's params, one per steered layer."""
         return self.plan(params).vectors
 
-    def prepare(self, rows: list[Any]) -> Any:
-        """Tokenize a split once; cache its unsteered prompt prefix when the space can reuse it."""
-        prepared = self.objective.prepare(rows)
+    def objective_under(self, prompting: str) -> Objective:
+        """The objective rendering its prompts under `prompting` (`hpo.core.prompting`)."""
+        if prompting == NONE:
+            return self.objective
+        if prompting not in self._objectives:
+            task = self.cfg.task.under(prompting)
+            self._objectives[prompting] = make_objective(task, self.loaded.tokenizer)
+        return self._objectives[prompting]
+
+    def validation_under(self, prompting: str) -> Any:
+        """The prepared validation split under `prompting` (prepared on first use)."""
+        if prompting == NONE:
+            return self.validation
+        if prompting not in self._prompted:
+            if self.validation_rows is None:
+                raise UserError(f"prompting {prompting!r} needs the worker's validation rows")
+            self._prompted[prompting] = self.prepare(
+                self.validation_rows, prompting, like=self.validation
+            )
+        return self._prompted[prompting]
+
+    def prepare(self, rows: list[Any], prompting: str = NONE, like: Any = None) -> Any:
+        """Tokenize a split once; cache its unsteered prompt prefix when the space can reuse it.
+
+        `prompting` renders the prompts with the task's instruction (`instruction`); `like` is
+        the same rows prepared under `none`, whose unsteered fluency reference the constraints
+        then compare with (the guards judge every trial against the model a user starts from).
+        """
+        objective = self.objective_under(prompting)
+        prepared = objective.prepare(rows)
         ids = getattr(prepared, "token_ids", None) or getattr(prepared, "prompt_ids", None) or []
         limit = self.cfg.task.max_prompt_tokens
         longest = max((len(x) for x in ids), default=0)
@@ -198,7 +230,9 @@ class Worker:
             )
         rules = [positions_named(p) for p in self.cfg.search_space.positions]
         prefix = any(rule.reuses_prompt_prefix for rule in rules)
-        self.objective.precompute(self.loaded.model, prepared, prefix)
+        objective.precompute(self.loaded.model, prepared, prefix)
+        if like is not None and getattr(like, "reference", None):
+            prepared.reference = like.reference
         return prepared
 
     def kl_reference(self, split: str) -> KLReference | None:

@@ -158,6 +158,7 @@ def test_a_small_multi_objective_run_on_smollm2_exports_the_rule_pick(tmp_path: 
         f"output_dir={tmp_path}",
         "model.threads=1",
         "study.n_trials=3",
+        "task.instruction=null",  # the enqueued trial right after the baseline
         "task.splits={train: 8, validation: 3, test: 3}",
         "task.objective.max_new_tokens=6",
         *SMALL_KL,

@@ -58,6 +58,7 @@ def test_repetitive_text_is_infeasible_and_never_exported(tmp_path: Path) -> Non
         "experiment=smoke",
         f"output_dir={tmp_path}",
         "study.n_trials=3",
+        "task.instruction=null",  # the enqueued trials right after the baseline
         "task.splits.validation=6",
         "search_space.layers.low=3",
         "search_space.layers.high=27",
