@@ -278,6 +278,8 @@ class FloatRange:
 
 
 LAYER_SELECTIONS = ("none", "narrow", "enqueue")
+# Per layer-selection mode: (enqueues the top layers, narrows the layer range).
+_SELECTION_ACTIONS = {"none": (False, False), "narrow": (False, True), "enqueue": (True, False)}
 
 
 @dataclass
@@ -294,6 +296,16 @@ class LayerSelectionConfig:
     top_k: int = 3
     pairs: int | None = 64
     batch_size: int = 8
+
+    @property
+    def enqueues(self) -> bool:
+        """`enqueue`: the top layers' trials run first."""
+        return _SELECTION_ACTIONS[self.mode][0]
+
+    @property
+    def narrows(self) -> bool:
+        """`narrow`: the layer range shrinks to the best window."""
+        return _SELECTION_ACTIONS[self.mode][1]
 
     def __post_init__(self) -> None:
         _check_choice("search_space.layer_selection.mode", self.mode, LAYER_SELECTIONS)

@@ -188,14 +188,15 @@ def select_layers(study: optuna.Study, worker: Worker) -> dict[str, Any] | None:
     """
     space = worker.cfg.search_space
     selection = space.layer_selection
-    if selection.mode == "none":
+    enqueue, narrow = selection.enqueues, selection.narrows
+    if not (enqueue or narrow):
         return None
     record = study.user_attrs.get(SELECTION_ATTR)
     if record is None:
         ranking = rank_layers(worker)
         record = ranking.record(selection.top_k)
         study.set_user_attr(SELECTION_ATTR, record)
-        if selection.mode == "enqueue":
+        if enqueue:
             for params in enqueue_params(space, record):
                 study.enqueue_trial(params, skip_if_exists=True)
         log.info(
@@ -204,6 +205,6 @@ def select_layers(study: optuna.Study, worker: Worker) -> dict[str, Any] | None:
             record["top"],
             record["window"],
         )
-    if selection.mode == "narrow":
+    if narrow:
         worker.cfg = dataclasses.replace(worker.cfg, search_space=narrowed(space, record))
     return dict(record)
