@@ -24,8 +24,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from hpo.core.errors import UserError
+from hpo.core.modes import MODES, head_modes
 from hpo.core.names import brief, check_name, confined, finite
-from hpo.core.vocabulary import HEAD_MODES, HEAD_POINTS, MODES, POSITIONS, PROBE_GATES, SITES
+from hpo.core.positions import POSITIONS
+from hpo.core.vocabulary import HEAD_POINTS, PROBE_GATES, SITES
 
 SCHEMA_VERSION = 1
 STEERING_JSON = "steering.json"
@@ -191,9 +193,9 @@ def _check_heads_and_gate(app: dict[str, Any]) -> None:
     if site not in SITES:
         raise UserError(f"application.site must be one of {list(SITES)}, got {brief(site)}")
     if site == "heads":
-        if app.get("mode", "add") not in HEAD_MODES:
+        if app.get("mode", "add") not in head_modes():
             raise UserError(
-                f"site heads takes mode {list(HEAD_MODES)}, got {brief(app.get('mode'))}"
+                f"site heads takes mode {list(head_modes())}, got {brief(app.get('mode'))}"
             )
         if app.get("head_point") not in HEAD_POINTS:
             raise UserError(

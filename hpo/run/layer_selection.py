@@ -21,7 +21,7 @@ import optuna
 
 from hpo.core.config import IntRange, SearchSpaceConfig
 from hpo.core.errors import UserError
-from hpo.core.vocabulary import ADD_MODES
+from hpo.core.modes import add_modes
 from hpo.run.tasks import load_task
 from hpo.run.worker import Worker
 from hpo.steering.attribution import LayerEffect, attribute_layers
@@ -99,10 +99,10 @@ def candidate_layers(space: SearchSpaceConfig) -> list[int]:
             "search_space.layer_selection needs a layer range (search_space.layers), "
             f"got layer_sets {space.layer_sets}"
         )
-    if not any(m in ADD_MODES for m in space.mode):
+    if not any(m in add_modes() for m in space.mode):
         raise UserError(
             "search_space.layer_selection ranks layers by adding the vector: search_space.mode "
-            f"must list one of {list(ADD_MODES)}, got {space.mode}"
+            f"must list one of {list(add_modes())}, got {space.mode}"
         )
     layers = list(range(space.layers.low, space.layers.high + 1, space.layers.step))
     if selection.top_k > len(layers):
@@ -152,7 +152,7 @@ def rank_layers(worker: Worker, train: list[dict[str, Any]] | None = None) -> La
 
 def enqueue_params(space: SearchSpaceConfig, record: dict[str, Any]) -> list[dict[str, Any]]:
     """The first trials of `enqueue`: each top layer with the vector it was attributed with."""
-    mode = next(m for m in space.mode if m in ADD_MODES)
+    mode = next(m for m in space.mode if m in add_modes())
     effects = {row["layer"]: row["effect"] for row in record["layers"]}
     low, high = record["alpha"]
     out = []
