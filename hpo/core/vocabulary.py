@@ -5,6 +5,9 @@ from __future__ import annotations
 AGGREGATIONS = ("last", "mean", "choice")
 METHODS = ("caa", "pca", "probe", "model_diff")
 POSITIONS = ("all", "prompt_end_onward", "generated")
+# Positions that leave every prompt token but the last unsteered: that prefix's KV cache is the
+# same in every trial, so it is computed once per worker and reused.
+PREFIX_POSITIONS = ("prompt_end_onward", "generated")
 MODES = ("add", "add_norm_preserving", "ablate")
 # Modes that add `alpha * vector` (alpha = 0 is the unsteered model); `ablate` has no alpha.
 ADD_MODES = ("add", "add_norm_preserving")

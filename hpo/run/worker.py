@@ -10,6 +10,7 @@ import torch
 
 from hpo.core.config import RunConfig
 from hpo.core.errors import UserError
+from hpo.core.vocabulary import PREFIX_POSITIONS
 from hpo.model.decoding import chat_prompt
 from hpo.model.loading import LoadedModel
 from hpo.run.tasks import kl_prompts
@@ -25,9 +26,6 @@ from hpo.steering.residual import ResidualCache, SteeredAbove
 from objectives import ConstrainedObjective, Objective, ScoreResult
 from objectives.kl import KLReference, build_reference, kl_per_prompt
 from search_spaces import layer_scales, resolve, steered_layers
-
-# Positions whose steering starts at the prompt's last token: the prefix before it is shared.
-PREFIX_POSITIONS = {"prompt_end_onward"}
 
 
 @dataclass(frozen=True)
@@ -198,7 +196,7 @@ class Worker:
                 f"task.max_prompt_tokens={limit}; long rows are refused, not truncated: shorten "
                 "them or raise the limit"
             )
-        prefix = bool(PREFIX_POSITIONS & set(self.cfg.search_space.positions))
+        prefix = bool(set(PREFIX_POSITIONS) & set(self.cfg.search_space.positions))
         self.objective.precompute(self.loaded.model, prepared, prefix)
         return prepared
 
@@ -222,6 +220,7 @@ class Worker:
                 ids,
                 kl_cfg.max_new_tokens,
                 self.cfg.task.objective.batch_size,
+                prefix=bool(set(PREFIX_POSITIONS) & set(self.cfg.search_space.positions)),
             )
         return self.kl[split]
 

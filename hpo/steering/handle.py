@@ -46,6 +46,8 @@ class SteeringHandle:
     scales: dict[int, float] = field(default_factory=dict)
     gate: Gate | None = None
     _past_length: int = field(default=0, repr=False)
+    # The prompt width a reused prefix cache carries (None: no marked prefix in this chunk).
+    _prompt_width: int | None = field(default=None, repr=False)
     # The trigger gate's `[B, T]` mask of the current forward chunk (None: no trigger gate).
     _trigger: torch.Tensor | None = field(default=None, repr=False)
     _trigger_state: TriggerState = field(default_factory=TriggerState, repr=False)
@@ -55,8 +57,9 @@ class SteeringHandle:
         past = self._past_length
         if self.positions == "all":
             return 0
-        prompt = self.prompt_length if self.prompt_length is not None else past + seq_len
-        if past > 0 and self.prompt_length is None:
+        announced = self.prompt_length if self.prompt_length is not None else self._prompt_width
+        prompt = announced if announced is not None else past + seq_len
+        if past > 0 and announced is None:
             prompt = past  # decoding with a cache after an unannounced prompt
         first = prompt - 1 if self.positions == "prompt_end_onward" else prompt
         return max(first - past, 0)
@@ -65,9 +68,13 @@ class SteeringHandle:
         """The multiplier applied at one layer: `alpha * scales[layer]`."""
         return self.alpha * self.scales.get(layer, 1.0)
 
-    def begin_chunk(self, past: int, ids: torch.Tensor | None) -> None:
-        """Called before every model forward: where the chunk sits and the trigger mask."""
+    def begin_chunk(
+        self, past: int, ids: torch.Tensor | None, prompt_width: int | None = None
+    ) -> None:
+        """Called before every model forward: where the chunk sits, the prompt width a reused
+        prefix cache carries, and the trigger mask."""
         self._past_length = past
+        self._prompt_width = prompt_width
         gate = self.gate
         if gate is None or not gate.trigger:
             return
