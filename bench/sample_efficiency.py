@@ -214,7 +214,7 @@ def main(quick: bool = False) -> None:
         "seed, QMC a scrambled Sobol sequence. 'reach x': trials until the best feasible score "
         "is >= worst + x * (best feasible - worst), median (interquartile range), seeds that "
         f"never reach it within {budget} counted; 'found at n': mean share of that range the "
-        "best feasible score covers after n trials; 'ask': seconds per ask, mean (max).",
+        "best feasible score covers after n trials; 'ask': milliseconds per ask, mean (max).",
         "",
     ]
     for s in present:
