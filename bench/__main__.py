@@ -24,6 +24,7 @@ MODULES = (
     "sample_efficiency",
     "trial",
     "peer",
+    "generation",
     "throughput",
     "methods",
     "workers",

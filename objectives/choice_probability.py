@@ -23,7 +23,7 @@ from hpo.core.errors import UserError
 from hpo.core.progress import progress
 from hpo.core.stats import spread
 from hpo.model.batching import length_sorted_batches, pad_left
-from hpo.model.kv import output_cache, scratch_cache, with_cache
+from hpo.model.kv import mark_prompt, output_cache, scratch_cache, with_cache
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt
 from objectives.train_pairs import source_pairs
@@ -188,7 +188,8 @@ class ChoiceProbability:
                     use_cache=True,
                     **({"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}),
                 )
-            prefix.append(output_cache(out))
+            # Marked: `generated` starts after this prompt's last token, wherever a chunk starts.
+            prefix.append(mark_prompt(output_cache(out), inputs["input_ids"].shape[1]))
         prepared.prefix = prefix
 
     def _last_logits(

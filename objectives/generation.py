@@ -5,6 +5,9 @@ that compare with a gold answer (`math`, `exact`, `regex`) read it from `columns
 whose answer cannot be parsed score 0 and are counted (`n_unparsed`, `n_timeout`). The fluency
 guard measures the steered continuations outside the steering context (perplexity under the
 unsteered model, distinct-2) and turns them into Optuna constraints relative to the baseline.
+With `reuse_prefix` (steering from the prompt's end on: `prompt_end_onward`, `generated`),
+every batch's unsteered KV cache of its prompts without their last token is computed once
+(`precompute`) and each trial generates from a scratch copy of it.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from typing import Any
 from hpo.core.config import TaskConfig
 from hpo.core.errors import UserError
 from hpo.core.progress import progress
-from hpo.model.batching import length_sorted_batches
-from hpo.model.decoding import finish, generate_ids
+from hpo.model.batching import length_sorted_batches, pad_left
+from hpo.model.decoding import finish, generate_ids, prompt_prefix
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.fluency import distinct2, perplexities
 from objectives.math_answer import final_answer, worked_answer
@@ -37,6 +40,8 @@ class PreparedPrompts:
     references: list[str | None] = field(default_factory=list)
     reference: dict[str, float] = field(default_factory=dict)
     baseline: ScoreResult | None = None
+    # Per batch: the unsteered KV cache of its padded prompts but their last column (None: off).
+    prefix: list[Any] | None = None
 
 
 class Generation:
@@ -114,15 +119,27 @@ class Generation:
         refs = [str(r[cols["answer"]]) if "answer" in cols else None for r in rows]
         return PreparedPrompts(prompts, token_ids, batches, refs)
 
+    def build_prefix(self, model: Any, prepared: PreparedPrompts) -> None:
+        """Cache each batch's unsteered prompt prefix once (see the module docstring)."""
+        device = next(model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        prepared.prefix = [
+            prompt_prefix(model, pad_left([prepared.token_ids[i] for i in batch], pad, device))
+            for batch in prepared.batches
+        ]
+
     def _generate(
-        self, model: Any, prepared: PreparedPrompts, batch: list[int]
+        self, model: Any, prepared: PreparedPrompts, step: int, reuse_prefix: bool
     ) -> list[list[int]]:
+        if reuse_prefix and prepared.prefix is None:
+            raise RuntimeError("build_prefix must run before scoring with reuse_prefix")
         return generate_ids(
             model,
             self.tokenizer,
-            [prepared.token_ids[i] for i in batch],
+            [prepared.token_ids[i] for i in prepared.batches[step]],
             self.cfg.objective.max_new_tokens,
             stop_strings=self.cfg.objective.stop or None,
+            prefix=prepared.prefix[step] if reuse_prefix and prepared.prefix else None,
         )
 
     def _finish(self, ids: list[int]) -> tuple[list[int], str]:
@@ -136,7 +153,12 @@ class Generation:
         report: Reporter | None = None,
         reuse_prefix: bool = False,
     ) -> ScoreResult:
-        """Mean scorer value of the greedy continuations (kept in `extras` for fluency)."""
+        """Mean scorer value of the greedy continuations (kept in `extras` for fluency).
+
+        `reuse_prefix` generates from `build_prefix`'s caches: exact when steering starts at the
+        prompt's end (`positions: prompt_end_onward` or `generated`) and no trigger gate reads
+        the prompt.
+        """
         n = len(prepared.prompts)
         continuations: list[list[int]] = [[] for _ in range(n)]
         texts, extracted, statuses = [""] * n, [""] * n, ["ok"] * n
@@ -144,7 +166,9 @@ class Generation:
         refs = prepared.references or [None] * n
         done: list[float] = []
         for step, batch in enumerate(progress(prepared.batches, "generating")):
-            for i, raw in zip(batch, self._generate(model, prepared, batch), strict=True):
+            for i, raw in zip(
+                batch, self._generate(model, prepared, step, reuse_prefix), strict=True
+            ):
                 continuations[i], text = self._finish(raw)
                 texts[i] = text.strip()
                 scored = self.scorer(text, refs[i])
@@ -188,7 +212,10 @@ class Generation:
         }
 
     def precompute(self, model: Any, prepared: PreparedPrompts, prefix: bool) -> None:
-        """Generate unsteered once and record the fluency reference the constraints compare to."""
+        """Cache the prompt prefix when trials can reuse it (`prefix`), generate unsteered once
+        and record the fluency reference the constraints compare to."""
+        if prefix:
+            self.build_prefix(model, prepared)
         baseline = self.score(model, prepared)
         prepared.reference = self.fluency(model, prepared, baseline)
         if self.constrained:

@@ -7,7 +7,8 @@ so no caller compares position names:
 - `all`: every position, the prompt included (llama.cpp's control vector).
 - `prompt_end_onward`: from the prompt's last token on; every earlier prompt token is unsteered,
   so that prefix is the same in every trial (its KV cache is reused).
-- `generated`: the generated tokens only.
+- `generated`: the generated tokens only; the prompt is unsteered, so (as for
+  `prompt_end_onward`) the KV cache of all but its last token is reused.
 
 Adding a rule is one entry in `POSITIONS`.
 """
@@ -61,7 +62,7 @@ class Positions:
 POSITIONS: dict[str, Positions] = {
     "all": Positions("all", None),
     "prompt_end_onward": Positions("prompt_end_onward", -1, reuses_prompt_prefix=True),
-    "generated": Positions("generated", 0),
+    "generated": Positions("generated", 0, reuses_prompt_prefix=True),
 }
 
 

@@ -14,6 +14,9 @@ AGGREGATIONS = ("last", "mean", "choice")
 METHODS = tuple(directions.METHODS)
 POSITIONS = tuple(positions.POSITIONS)
 MODES = tuple(modes.MODES)
+# Positions that leave every prompt token but the last unsteered: that prefix's KV cache is the
+# same in every trial, so it is computed once per worker and reused.
+PREFIX_POSITIONS = tuple(n for n, p in positions.POSITIONS.items() if p.reuses_prompt_prefix)
 # Modes that add `alpha * vector` (alpha = 0 is the unsteered model); `ablate` has no alpha.
 ADD_MODES = modes.add_modes()
 ALPHA_SCALES = ("relative", "absolute")

@@ -1,13 +1,16 @@
-"""Greedy generation that tells the steering hooks where the prompt ends."""
+"""Greedy generation that tells the steering hooks where the prompt ends, optionally from an
+unsteered prompt prefix computed once (`prompt_prefix`) and reused by every trial."""
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hpo.core.prompting import Instruction, render
 from hpo.model.batching import pad_left
+from hpo.model.kv import mark_prompt, output_cache, scratch_cache, with_cache
 
 if TYPE_CHECKING:
     from hpo.steering.hooks import SteeringHandle
@@ -21,6 +24,7 @@ def generate_ids(
     handle: SteeringHandle | None = None,
     use_cache: bool = True,
     stop_strings: list[str] | None = None,
+    prefix: Any = None,
 ) -> list[list[int]]:
     """Greedy continuations (new token ids only) of left-padded prompts.
 
@@ -28,6 +32,8 @@ def generate_ids(
     `prompt_end_onward` / `generated` positions mean the same with and without the KV cache.
     With `stop_strings` a row stops (and is padded) once its text contains one, and the batch
     stops when every row has; cut each text at its first stop with `truncate_at_stop`.
+    `prefix`: `prompt_prefix` of these same prompts (unsteered, computed once); generation then
+    runs from a scratch copy of it, and it holds exactly its own states afterwards.
     """
     device = next(model.parameters()).device
     inputs = pad_left(prompts_ids, tokenizer.pad_token_id, device)
@@ -35,20 +41,52 @@ def generate_ids(
     width = inputs["input_ids"].shape[1]
     if handle is not None:
         handle.prompt_length = width
+    if prefix is not None and not use_cache:
+        raise ValueError("a reused prompt prefix is a KV cache: it needs use_cache=True")
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "use_cache": use_cache,
+        "pad_token_id": tokenizer.pad_token_id,
+        **({"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}),
+    }
     try:
         with torch.inference_mode():
-            out = model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                use_cache=use_cache,
-                pad_token_id=tokenizer.pad_token_id,
-                **({"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}),
-            )
+            if prefix is None:
+                out = model.generate(**inputs, **kwargs)
+            else:
+                with scratch_cache(prefix) as cache:
+                    out = model.generate(**inputs, **with_cache(model, cache), **kwargs)
     finally:
         if handle is not None:
             handle.prompt_length = None
     return [row[width:].tolist() for row in out]
+
+
+def prompt_prefix(model: Any, inputs: dict[str, torch.Tensor]) -> Any | None:
+    """The KV cache of left-padded `inputs` (`pad_left`) without their last column, marked with
+    the prompt's width (`hpo.model.kv.mark_prompt`); None for one-token prompts.
+
+    Steering at `prompt_end_onward` or `generated` leaves those positions unsteered, so every
+    trial can start from this cache. Must run unsteered.
+    """
+    width = inputs["input_ids"].shape[1]
+    if width < 2:
+        return None
+    keep = (
+        {"logits_to_keep": 1}
+        if "logits_to_keep" in inspect.signature(model.forward).parameters
+        else {}
+    )
+    with torch.inference_mode():
+        out = model(
+            input_ids=inputs["input_ids"][:, :-1],
+            attention_mask=inputs["attention_mask"][:, :-1],
+            position_ids=inputs["position_ids"][:, :-1],
+            use_cache=True,
+            **keep,
+        )
+    return mark_prompt(output_cache(out), width)
 
 
 def chat_prompt(

@@ -9,6 +9,8 @@ Reusing an unsteered KV cache across trials: `scratch_cache` extends it for one 
 restores it. Rolling back by `crop` is cheap, but a sliding-window layer (Mistral, Gemma 2/3)
 cannot be cropped once it has reached its window, because it no longer holds the states it
 would need. Caches with such layers are copied instead, so the shared prefix is never changed.
+A reused prompt prefix is marked with the width of the prompt it belongs to (`mark_prompt`), so
+the steering hooks know where that prompt ends whichever chunk of it runs first.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 # Older releases' name first is irrelevant: whichever the forward declares wins.
 _CACHE_KEYWORDS = ("cache", "past_key_values")
+# Set on a prompt-prefix cache: the padded width of the whole prompt it is the prefix of.
+_PROMPT_WIDTH = "hpo_prompt_width"
 
 
 def _croppable(cache: Any) -> bool:
@@ -86,6 +90,19 @@ def past_length(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
     if mask is not None and ids is not None and getattr(mask, "dim", lambda: 0)() == 2:
         return max(int(mask.shape[1]) - int(ids.shape[1]), 0)
     return 0
+
+
+def mark_prompt(cache: Any, width: int) -> Any:
+    """Mark `cache` as the unsteered prefix of a `width`-token (padded) prompt; returns it."""
+    setattr(cache, _PROMPT_WIDTH, int(width))
+    return cache
+
+
+def prompt_width(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int | None:
+    """The prompt width marked on the call's KV cache (`mark_prompt`), else None."""
+    cache = find_cache([*args, *kwargs.values()])
+    width = getattr(cache, _PROMPT_WIDTH, None) if cache is not None else None
+    return None if width is None else int(width)
 
 
 def cache_keyword(model: Any) -> str:

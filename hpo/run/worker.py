@@ -228,12 +228,17 @@ class Worker:
                 f"task.max_prompt_tokens={limit}; long rows are refused, not truncated: shorten "
                 "them or raise the limit"
             )
-        rules = [positions_named(p) for p in self.cfg.search_space.positions]
-        prefix = any(rule.reuses_prompt_prefix for rule in rules)
-        objective.precompute(self.loaded.model, prepared, prefix)
+        objective.precompute(self.loaded.model, prepared, self.reuses_prompt_prefix)
         if like is not None and getattr(like, "reference", None):
             prepared.reference = like.reference
         return prepared
+
+    @property
+    def reuses_prompt_prefix(self) -> bool:
+        """Whether some positions rule of the space leaves a prompt prefix unsteered in every
+        trial, so its KV cache is computed once and reused."""
+        rules = [positions_named(p) for p in self.cfg.search_space.positions]
+        return any(rule.reuses_prompt_prefix for rule in rules)
 
     def kl_reference(self, split: str) -> KLReference | None:
         """The unsteered KL reference of a split's neutral prompts (None when KL is off).
@@ -255,6 +260,7 @@ class Worker:
                 ids,
                 kl_cfg.max_new_tokens,
                 self.cfg.task.objective.batch_size,
+                prefix=self.reuses_prompt_prefix,
             )
         return self.kl[split]
 

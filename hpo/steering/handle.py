@@ -40,19 +40,24 @@ class SteeringHandle:
     enabled: bool = True
     prompt_length: int | None = None
     _past_length: int = field(default=0, repr=False)
+    # The prompt width a reused prefix cache carries (None: no marked prefix in this chunk).
+    _prompt_width: int | None = field(default=None, repr=False)
     # The trigger gate's `[B, T]` mask of the current forward chunk (None: no trigger gate).
     _trigger: torch.Tensor | None = field(default=None, repr=False)
     _trigger_state: TriggerState = field(default_factory=TriggerState, repr=False)
 
     def start_index(self, seq_len: int) -> int:
         """First position of the current forward chunk that gets the vector."""
-        return self.app.positions_rule.first_steered(
-            self.prompt_length, self._past_length, seq_len
-        )
+        announced = self.prompt_length if self.prompt_length is not None else self._prompt_width
+        return self.app.positions_rule.first_steered(announced, self._past_length, seq_len)
 
-    def begin_chunk(self, past: int, ids: torch.Tensor | None) -> None:
-        """Called before every model forward: where the chunk sits and the trigger mask."""
+    def begin_chunk(
+        self, past: int, ids: torch.Tensor | None, prompt_width: int | None = None
+    ) -> None:
+        """Called before every model forward: where the chunk sits, the prompt width a reused
+        prefix cache carries, and the trigger mask."""
         self._past_length = past
+        self._prompt_width = prompt_width
         gate = self.app.gate
         if gate is None or not gate.trigger:
             return

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from hpo.core.errors import UserError
-from hpo.model.kv import past_length
+from hpo.model.kv import past_length, prompt_width
 from hpo.steering.application import Application
 from hpo.steering.handle import SteeringHandle, steer_rows
 from hpo.steering.heads import register_head_hooks
@@ -66,7 +66,7 @@ def steer(
     def pre_hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         # Never from one keyword's name: transformers 5.24 renamed `past_key_values` to `cache`.
         ids = kwargs.get("input_ids", args[0] if args else None)
-        handle.begin_chunk(past_length(args, kwargs), ids)
+        handle.begin_chunk(past_length(args, kwargs), ids, prompt_width(args, kwargs))
 
     def make_hook(layer: int):  # type: ignore[no-untyped-def]
         def hook(_m: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
