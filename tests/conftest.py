@@ -121,12 +121,21 @@ def unit(hidden: int, seed: int = 0) -> Any:
     return torch.randn(hidden, generator=g)
 
 
+def doc_files() -> list[Path]:
+    """The README and every reference page under docs/ (where the README's reference lives)."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def doc_text() -> str:
+    """The README and docs/*.md as one text, for tests that run a block the docs show."""
+    return "\n".join(path.read_text() for path in doc_files())
+
+
 def run_readme_example(cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the README's `import hpo ...` Python example in `cwd` (which must hold the bundle it
-    loads at `outputs/demo/bundle`) with this checkout on the path."""
-    readme = (REPO / "README.md").read_text()
-    found = re.search(r"```python\n(import hpo\n.*?)```", readme, re.S)
-    assert found, "README lost its hpo.load_bundle example"
+    """Run the docs' `import hpo ...` Python example (docs/bundle.md) in `cwd` (which must hold
+    the bundle it loads at `outputs/demo/bundle`) with this checkout on the path."""
+    found = re.search(r"```python\n(import hpo\n.*?)```", doc_text(), re.S)
+    assert found, "README/docs lost the hpo.load_bundle example"
     assert 'hpo.load_bundle("outputs/demo/bundle")' in found.group(1)
     return subprocess.run(
         [sys.executable, "-c", found.group(1)],

@@ -1,5 +1,6 @@
 """Running beyond one machine: the SLURM launcher config composes, `hpo worker -m` runs jobs
-through a Hydra launcher, and the README's Kubernetes Job runs `hpo worker` against PostgreSQL."""
+through a Hydra launcher, and the Kubernetes Job of docs/cluster.md runs `hpo worker` against
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hydra import compose, initialize_config_module
 from optuna.trial import TrialState
 
 from hpo.cli.command import main
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import doc_text, tiny_overrides
 
 
 @pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm_gpu", "slurm_cpu"])
@@ -43,9 +44,8 @@ def test_worker_multirun_runs_one_job_per_rank(tiny_model_dir: Path, tmp_path: P
 
 
 def test_readme_kubernetes_job_runs_hpo_worker_with_the_url_from_a_secret() -> None:
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"```yaml\n(apiVersion: batch/v1.*?)```", readme, re.S)
-    assert block, "the README has a Kubernetes Job example"
+    block = re.search(r"```yaml\n(apiVersion: batch/v1.*?)```", doc_text(), re.S)
+    assert block, "docs/cluster.md has a Kubernetes Job example"
     job = yaml.safe_load(block.group(1))
     assert job["kind"] == "Job"
     spec = job["spec"]

@@ -1,5 +1,6 @@
-"""The README's Kubernetes Job without a cluster (none runs here): its container command and
-environment (HPO_STORAGE_URL from the secret) as N local processes against a real PostgreSQL,
+"""The Kubernetes Job of docs/cluster.md without a cluster (none runs here): its container
+command and environment (HPO_STORAGE_URL from the secret) as N local processes against a real
+PostgreSQL,
 with `restartPolicy: OnFailure` semantics (a killed pod's container is started again, up to
 `backoffLimit`). The study still ends with the exact budget and nothing RUNNING."""
 
@@ -22,7 +23,7 @@ from optuna.trial import TrialState
 
 from hpo import StorageConfig
 from storage import create_storage
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import REPO, doc_text, tiny_overrides
 from tests.pgserver import bindir, postgres_server
 
 pytestmark = pytest.mark.slow
@@ -31,10 +32,8 @@ N_TRIALS = 6
 
 
 def readme_job() -> dict[str, Any]:
-    block = re.search(
-        r"```yaml\n(apiVersion: batch/v1.*?)```", (REPO / "README.md").read_text(), re.S
-    )
-    assert block, "the README has a Kubernetes Job example"
+    block = re.search(r"```yaml\n(apiVersion: batch/v1.*?)```", doc_text(), re.S)
+    assert block, "docs/cluster.md has a Kubernetes Job example"
     job: dict[str, Any] = yaml.safe_load(block.group(1))
     return job
 

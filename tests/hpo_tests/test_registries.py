@@ -1,6 +1,6 @@
 """The vocabulary registries: a mode and a method added at run time (one entry each, in the
-README's block only) pass config validation, are sampled, build a vector and steer the tiny
-Llama."""
+block of docs/search-space.md only) pass config validation, are sampled, build a vector and
+steer the tiny Llama."""
 
 from __future__ import annotations
 
@@ -21,16 +21,14 @@ from hpo.steering.application import Application
 from hpo.steering.hooks import steer
 from hpo.steering.methods import VectorBuilder
 from search_spaces import layer_scales, suggest, validate
-from tests.conftest import REPO, compose_run, tokens
-
-README = REPO / "README.md"
+from tests.conftest import compose_run, doc_text, tokens
 
 
 @pytest.fixture
 def toys() -> Iterator[None]:
-    """The README's how-to-extend block, run as it is: a toy mode and a toy method."""
-    block = re.search(r"```python\n(from hpo.core.directions .*?)```", README.read_text(), re.S)
-    assert block, "README lost its how-to-extend example"
+    """The how-to-extend block of docs/search-space.md, run as it is: a toy mode and method."""
+    block = re.search(r"```python\n(from hpo.core.directions .*?)```", doc_text(), re.S)
+    assert block, "docs/search-space.md lost its how-to-extend example"
     try:
         exec(block.group(1), {})
         yield

@@ -97,7 +97,7 @@ def test_recorded_samples_replay_through_load_bundle_and_plain_generate(
     model, tok = smollm2.model, smollm2.tokenizer
     for sample in bundle.samples():
         text = bundle.prompt(tok, sample["prompt"])
-        assert text == sample["text"]  # the README's way of building the prompt
+        assert text == sample["text"]  # the way docs/bundle.md builds the prompt
         inputs = tok(text, return_tensors="pt")
         n = inputs["input_ids"].shape[1]
         with torch.inference_mode(), bundle.apply(model):
