@@ -101,6 +101,8 @@ def test_positions_answer_where_steering_starts() -> None:
     assert end.first_steered(5, 0, 5) == 4  # the prompt pass
     assert end.first_steered(5, 5, 1) == 0  # a decoding step
     assert end.first_steered(None, 0, 7) == 6  # an unannounced prompt: the whole input
+    # Both leave the prompt (but its last token) unsteered in every trial: its KV is reused.
     assert [p for p, rule in POSITIONS.items() if rule.reuses_prompt_prefix] == [
-        "prompt_end_onward"
+        "prompt_end_onward",
+        "generated",
     ]
