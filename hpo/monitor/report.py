@@ -106,6 +106,8 @@ def history(study: optuna.Study, label: str) -> Any:
             label=f"chance (uniform answers) {chance:.4f}",
         )
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not multi:
+        _best_so_far(ax, study, done)
     if any(not is_feasible(t) for t in done):
         ax.scatter([], [], color="#cccccc", label="infeasible trial (fluency, kl)")
     ax.legend(loc="best", fontsize=8)
@@ -114,6 +116,27 @@ def history(study: optuna.Study, label: str) -> Any:
     ax.set_xlabel("trial number")
     ax.set_ylabel(name)
     return ax.figure
+
+
+def _best_so_far(ax: Any, study: optuna.Study, done: list[FrozenTrial]) -> None:
+    """Optuna's "Best Value" line, redrawn over the trials that may win: the prompted baseline
+    is a reference line of its own, never the best (export never ships it)."""
+    optunas = [line for line in ax.get_lines() if line.get_label() == "Best Value"]
+    color = optunas[0].get_color() if optunas else "tab:red"
+    for line in optunas:
+        line.remove()
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    xs: list[int] = []
+    ys: list[float] = []
+    best: float | None = None
+    for t in sorted(done, key=lambda t: t.number):
+        if is_feasible(t) and not is_prompted(t) and t.values:
+            v = t.values[0]
+            best = v if best is None or sign * v > sign * best else best
+        if best is not None:
+            xs.append(t.number)
+            ys.append(best)
+    ax.plot(xs, ys, color=color, alpha=0.5, label="Best Value")
 
 
 def layer_alpha(study: optuna.Study, label: str, alpha_scale: str) -> Any:

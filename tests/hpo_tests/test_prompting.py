@@ -17,7 +17,13 @@ from hpo import UserError, load_bundle
 from hpo.cli.command import main
 from hpo.cli.verbs import _print_results
 from hpo.core.prompting import INSTRUCTION, Instruction, render
-from hpo.core.record import CONFIG_ATTR, PROMPTED_ATTR, PROMPTED_METRICS_ATTR, PROMPTED_VALUE_ATTR
+from hpo.core.record import (
+    CONFIG_ATTR,
+    PROMPTED_ATTR,
+    PROMPTED_METRICS_ATTR,
+    PROMPTED_VALUE_ATTR,
+    is_prompted,
+)
 from hpo.core.selection import pick_trial
 from hpo.export.against_prompting import steerability, verdict, vs_prompting
 from hpo.export.bundle import STEERING_JSON
@@ -147,6 +153,12 @@ def test_export_scores_the_prompted_baseline_once_and_compares_with_it(
     charts = figures(study, "score")
     legend = [t.get_text() for t in charts["history"].axes[0].get_legend().get_texts()]
     assert any(t.startswith("prompted baseline (instruction, alpha = 0)") for t in legend)
+    # The best-so-far line is over the trials that may win, never the prompted reference.
+    (best,) = [
+        ln for ln in charts["history"].axes[0].get_lines() if ln.get_label() == "Best Value"
+    ]
+    may_win = {t.value for t in study.trials if t.value is not None and not is_prompted(t)}
+    assert best.get_ydata().size and set(best.get_ydata().tolist()) <= may_win
     assert "items worse" in charts["per_item"].axes[0].get_title()
 
 
