@@ -434,7 +434,8 @@ def check_config(cfg: RunConfig) -> TaskSplits:
     splits = load_task(cfg.task)
     check_rows(cfg.task, splits.validation + ([] if cfg.task.train_source else splits.train))
     # the test split too (its length only): an over-long row must not wait for the export
-    check_prompt_chars(cfg.task, [*splits.train, *splits.validation, *splits.test()])
+    prompts = splits.test_prompts(cfg.task.columns.get("prompt"))
+    check_prompt_chars(cfg.task, [*splits.train, *splits.validation, *prompts])
     check_triggers(cfg)
     return splits
 

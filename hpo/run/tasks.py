@@ -73,6 +73,11 @@ class TaskSplits:
         log.debug("reading the held-out test split (%d rows)", len(self._test))
         return self._test
 
+    def test_prompts(self, column: str | None) -> list[Row]:
+        """Only the test rows' prompt texts (`column`), for the length check before a study
+        starts: no answer, label or score of the held-out split is read before export."""
+        return [{column: row.get(column)} for row in self._test] if column else []
+
 
 def _checked_rows(task: str, source: str, columns: dict[str, Any], key: str) -> list[Row]:
     rows = _read_rows(source)
