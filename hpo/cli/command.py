@@ -7,33 +7,68 @@ dataclasses, and runs. Exit codes: 0 success, 2 user error (one line on stderr),
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
 import signal
 import sys
 import tempfile
 import threading
 import traceback
-import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
-from hydra import compose, initialize_config_module
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hpo.cli.composition import (
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_VALUES,
+    _compose,
+    _expanded_values,
+    _hydra_message,
+    _not_utf8,
+    _schema_keys,
+    _schema_overrides,
+    _yaml_message,
+    check_config_files,
+)
+from hpo.cli.log_setup import _setup_logging, _thread_error
+from hpo.cli.multirun import REQUEUE_WAIT_S, _after_failed_job, _multirun
 from hpo.core.errors import UserError
+
+__all__ = [
+    "DEBUG_ENV",
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_VALUES",
+    "MAX_ERROR_CHARS",
+    "REQUEUE_WAIT_S",
+    "USAGE",
+    "_after_failed_job",
+    "_compose",
+    "_expanded_values",
+    "_hydra_message",
+    "_internal_error",
+    "_interrupt",
+    "_multirun",
+    "_not_utf8",
+    "_one_line",
+    "_quiet_broken_pipe",
+    "_schema_keys",
+    "_schema_overrides",
+    "_setup_logging",
+    "_split_args",
+    "_thread_error",
+    "_verbs",
+    "_yaml_message",
+    "check_config_files",
+    "main",
+]
+
 
 # Set to print an internal error's traceback instead of saving it to a file.
 DEBUG_ENV = "HPO_DEBUG"
 MAX_ERROR_CHARS = 300
-# The most a config file of a --config-dir may hold (task files, experiments, a bundle's
-# config.yaml): far above any real config, far below what stalls composition.
-MAX_CONFIG_BYTES = 1 << 20
-MAX_CONFIG_VALUES = 100_000
 
 USAGE = """usage: hpo <verb> [--config-dir DIR] [--cfg] [key=value ...]
 
@@ -52,135 +87,6 @@ verbs:
   hpo optimize task=sycophancy study.n_trials=50 search_space.layers.high=20
   hpo export output_dir=outputs/smoke
 """
-
-
-def _schema_keys(schema: type, prefix: str = "") -> set[str]:
-    """Every dotted key of a config dataclass (`task.max_prompt_tokens`, ...), nested ones too."""
-    keys: set[str] = set()
-    hints = typing.get_type_hints(schema)
-    for f in dataclasses.fields(schema):
-        key = f"{prefix}{f.name}"
-        keys.add(key)
-        kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
-        for kind in kinds:
-            if dataclasses.is_dataclass(kind) and isinstance(kind, type):
-                keys |= _schema_keys(kind, f"{key}.")
-    return keys
-
-
-def _schema_overrides(config_name: str, overrides: list[str]) -> list[str]:
-    """`task.max_prompt_tokens=N` as written in the README: a key the schema defines but a
-    config file may leave out (its default applies) is set with Hydra's `++` (add or
-    override), so it needs no `+`. Unknown keys stay as they are and are refused."""
-    from hpo.core.config import GenerateConfig, RunConfig
-
-    keys = _schema_keys(GenerateConfig if config_name == "generate" else RunConfig)
-    out = []
-    for item in overrides:
-        key, eq, _ = item.partition("=")
-        plain = eq and "." in key and key[0].isalpha() and key in keys
-        out.append(f"++{item}" if plain else item)
-    return out
-
-
-def _compose(config_name: str, overrides: list[str], config_dirs: list[str]) -> DictConfig:
-    overrides = _schema_overrides(config_name, overrides)
-    if config_dirs:
-        paths = ",".join(f"file://{Path(d).expanduser().resolve()}" for d in config_dirs)
-        overrides = [*overrides, f"hydra.searchpath=[{paths}]"]
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
-
-
-def _expanded_values(node: yaml.Node, counts: dict[int, int], open_: set[int]) -> int:
-    """How many values `node` stands for once every alias is expanded (as OmegaConf does),
-    counted over the shared node graph in linear time."""
-    key = id(node)
-    if key in counts:
-        return counts[key]
-    if key in open_:
-        raise UserError("a YAML alias refers to the node that holds it")
-    open_.add(key)
-    total = 1
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            total += _expanded_values(k, counts, open_) + _expanded_values(v, counts, open_)
-            if total > MAX_CONFIG_VALUES:
-                break
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            total += _expanded_values(item, counts, open_)
-            if total > MAX_CONFIG_VALUES:
-                break
-    open_.discard(key)
-    counts[key] = total
-    return total
-
-
-def check_config_files(config_dirs: list[str]) -> None:
-    """Refuse a config file too big to be a config before Hydra reads it: more than
-    `MAX_CONFIG_BYTES`, or more than `MAX_CONFIG_VALUES` values once its aliases are expanded
-    (a "billion laughs" alias bomb would keep composition busy until killed). A file YAML
-    cannot parse is left to Hydra, whose message names it."""
-    for d in config_dirs:
-        for path in sorted(Path(d).expanduser().rglob("*.yaml")):
-            where = f"config file {str(path)!r}"
-            try:
-                size = path.stat().st_size
-                if size > MAX_CONFIG_BYTES:
-                    raise UserError(
-                        f"bad config: {where} holds {size} bytes, more than the "
-                        f"{MAX_CONFIG_BYTES} a config file may"
-                    )
-                node = yaml.compose(path.read_bytes(), Loader=yaml.SafeLoader)
-            except (OSError, yaml.YAMLError, RecursionError):
-                continue
-            if node is None:
-                continue
-            try:
-                values = _expanded_values(node, {}, set())
-            except UserError as e:
-                raise UserError(f"bad config: {where}: {e}") from None
-            except RecursionError:
-                values = MAX_CONFIG_VALUES + 1
-            if values > MAX_CONFIG_VALUES:
-                raise UserError(
-                    f"bad config: {where} expands to more than {MAX_CONFIG_VALUES} values "
-                    "(YAML aliases or nesting: an alias bomb?)"
-                )
-
-
-def _hydra_message(e: Exception) -> str:
-    if isinstance(e, MissingConfigException) and e.missing_cfg_file:
-        group, _, name = e.missing_cfg_file.rpartition("/")
-        options = f"; choices: {', '.join(sorted(e.options))}" if e.options else ""
-        return f"unknown {group or 'config'} {name!r}{options}"
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return " ".join(lines[:2]) if lines else type(e).__name__
-
-
-def _yaml_message(e: yaml.YAMLError) -> str:
-    """`while parsing a flow mapping: expected ',' or '}' (task/mine.yaml, line 2, column 10)`."""
-    if isinstance(e, yaml.MarkedYAMLError):
-        mark = e.problem_mark or e.context_mark
-        where = f" ({mark.name}, line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        what = ": ".join(x for x in (e.context, e.problem) if x)
-        return f"malformed YAML: {what}{where}"
-    return f"malformed YAML: {' '.join(str(e).split())}"
-
-
-def _not_utf8(config_dirs: list[str], e: UnicodeDecodeError) -> str:
-    """Name the config file that is not UTF-8 (Hydra's error does not)."""
-    for d in config_dirs:
-        for path in sorted(Path(d).expanduser().rglob("*.yaml")):
-            try:
-                path.read_bytes().decode("utf-8")
-            except UnicodeDecodeError as bad:
-                return (
-                    f"config file {str(path)!r} is not UTF-8 (byte {bad.object[bad.start]:#x} "
-                    f"at offset {bad.start})"
-                )
-    return f"a config file is not UTF-8 ({e.reason} at offset {e.start})"
 
 
 def _one_line(message: str) -> str:
@@ -214,108 +120,6 @@ def _internal_error(verb: str, e: Exception) -> str:
     except OSError:
         return f"{what} (set {DEBUG_ENV}=1 for the full traceback)"
     return f"{what} (full traceback in {path}; {DEBUG_ENV}=1 prints it)"
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="[%(asctime)s %(levelname)s] %(message)s",
-        datefmt="%H:%M:%S",
-        force=True,
-    )
-    import optuna
-    import transformers
-
-    # Our own log lines say what happened to each trial (Optuna's repeat them with tracebacks).
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    transformers.logging.set_verbosity_error()
-    if not sys.stderr.isatty():
-        transformers.utils.logging.disable_progress_bar()
-
-
-def _multirun(
-    verb: str,
-    config_name: str,
-    run: Callable[[DictConfig, Sequence[str]], int],
-    overrides: list[str],
-    config_dirs: list[str],
-) -> int:
-    """`hpo worker -m hydra/launcher=submitit_slurm ...`: let a Hydra launcher start the workers.
-
-    Each launched job composes the same config and runs the verb; SLURM (through submitit) or
-    any other Hydra launcher owns scheduling, we own nothing but the job body.
-    """
-    import hydra
-
-    errors: list[str] = []
-
-    @hydra.main(version_base="1.3", config_path="pkg://conf", config_name=config_name)
-    def job(cfg: DictConfig) -> int:
-        _setup_logging(str(cfg.get("log_level", "INFO")))
-        try:
-            return run(cfg, overrides)
-        except UserError as e:
-            errors.append(str(e))
-            return 2
-
-    extra = [f"--config-dir={Path(d).expanduser().resolve()}" for d in config_dirs]
-    saved = sys.argv
-    sys.argv = [f"hpo-{verb}", "--multirun", *extra, *overrides]
-    try:
-        job()
-    except SystemExit as e:  # Hydra reported a launched job that failed (SLURM: which one)
-        if e.code in (0, None) or verb != "worker":
-            raise
-        return _after_failed_job(config_name, overrides, config_dirs)
-    finally:
-        sys.argv = saved
-    if errors:
-        raise UserError(errors[0])
-    return 0
-
-
-def _thread_error(args: threading.ExceptHookArgs) -> None:
-    """A background thread's storage error (Optuna's heartbeat while the database is down):
-    one log line instead of a traceback; the trial loop reports the lost storage itself."""
-    from optuna.exceptions import StorageInternalError
-    from sqlalchemy.exc import SQLAlchemyError
-
-    if isinstance(args.exc_value, SQLAlchemyError | StorageInternalError):
-        logging.getLogger("hpo").warning(
-            "%s: the storage did not answer (%s); the trial goes on",
-            args.thread.name if args.thread else "a thread",
-            type(args.exc_value).__name__,
-        )
-        return
-    threading.__excepthook__(args)
-
-
-REQUEUE_WAIT_S = 180.0
-
-
-def _after_failed_job(config_name: str, overrides: list[str], config_dirs: list[str]) -> int:
-    """0 when the other jobs still meet the study's budget, else one line and exit 2."""
-    from hpo.core.config import to_run_config
-    from hpo.run.budget import outlast_failed_job
-    from hpo.run.study import open_study
-
-    sweep = ("hydra/launcher=", "hydra.", "worker_rank=")
-    kept = [o for o in overrides if not o.lstrip("+~").startswith(sweep)]
-    cfg = to_run_config(_compose(config_name, kept, config_dirs))
-    study = open_study(cfg, create=False)
-    n = cfg.study.n_trials
-    # long enough for a requeued job to queue, start and load the model again
-    stall_s = max(2.0 * cfg.storage.grace_period, REQUEUE_WAIT_S)
-    done = outlast_failed_job(study, n, stall_s)
-    if done < n:
-        raise UserError(
-            f"a launched job failed (see above) and the study has {done} of study.n_trials={n} "
-            f"finished trials after {stall_s:.0f}s without progress; run `hpo worker` again"
-        )
-    logging.getLogger(__name__).warning(
-        "a launched job failed (see above); the other jobs met study.n_trials=%d", n
-    )
-    return 0
 
 
 def _interrupt(signum: int, _frame: object) -> None:

@@ -9,416 +9,61 @@ a `BundleError`: one line naming the rule and the value.
 Head and gated steering (seed 003) add tensors to the same file: `head.<L>.<H>` (head `H`'s
 vector, `[head_dim]`, instead of `layer.<L>`), the probe gate's `gate.<unit>.weight` /
 `gate.<unit>.bias` (unit `<L>` or `<L>.<H>`) and the trigger gate's token ids `trigger.ids`.
+
+The metadata checks live in `meta_checks`, the tensor checks in `tensor_checks`; every name
+stays importable from here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-from pathlib import Path
-from typing import Any
+from hpo.export.meta_checks import (
+    MAX_NEW_TOKENS,
+    RECORD_SHA256,
+    SCHEMA_VERSION,
+    STEERING_JSON,
+    BundleError,
+    _check_heads_and_gate,
+    _check_meta,
+    _check_samples,
+    _int,
+    _wrap,
+    check_files,
+    check_record,
+    read_meta,
+    record_digest,
+    sha256_file,
+    vector_relpath,
+)
+from hpo.export.tensor_checks import (
+    TRIGGER_IDS,
+    _finite_vector,
+    _load,
+    bundle_tensors,
+    read_tensors,
+    read_vectors,
+)
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
-from hpo.core.errors import UserError
-from hpo.core.modes import MODES, head_modes
-from hpo.core.names import brief, check_name, confined, finite
-from hpo.core.positions import POSITIONS
-from hpo.core.vocabulary import HEAD_POINTS, PROBE_GATES, SITES
-
-SCHEMA_VERSION = 1
-STEERING_JSON = "steering.json"
-# The most new tokens a bundle's recorded generation may ask a replay for.
-MAX_NEW_TOKENS = 4096
-_NUM = r"(0|[1-9][0-9]{0,5})"
-_TENSOR_NAME = re.compile(rf"layer\.{_NUM}")
-_HEAD_NAME = re.compile(rf"head\.{_NUM}\.{_NUM}")
-_GATE_NAME = re.compile(rf"gate\.{_NUM}(?:\.{_NUM})?\.(weight|bias)")
-TRIGGER_IDS = "trigger.ids"
-# steering.json's digest of its own recorded samples and what they were generated with.
-RECORD_SHA256 = "record_sha256"
-_DIGEST = re.compile(r"[0-9a-f]{64}")
-
-
-class BundleError(UserError):
-    """A bundle that cannot be loaded or does not fit the model."""
-
-
-def vector_relpath(trait: str) -> str:
-    """Where a trait's vectors live inside a bundle (seed 000's layout).
-
-    Raises:
-        BundleError: `trait` is not a plain name (it would place the file outside the bundle).
-    """
-    try:
-        check_name("the bundle's trait (task.name)", trait)
-    except UserError as e:
-        raise BundleError(str(e)) from e
-    return f"vectors/{trait}/steering_vector.safetensors"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _wrap(root: Path, e: UserError) -> BundleError:
-    return BundleError(f"bundle {root}: {e}")
-
-
-def _int(key: str, value: Any, low: int = 0, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"{key} must be an integer >= {low}, got {brief(value)}")
-    if high is not None and value > high:
-        raise UserError(f"{key} must be <= {high}, got {brief(value)}")
-    return value
-
-
-def _check_meta(meta: dict[str, Any]) -> None:
-    check_name("trait", meta.get("trait"))
-    model = meta.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("name_or_path"), str):
-        raise UserError(f"model must be a record with name_or_path, got {brief(model)}")
-    _int("model.hidden_size", model.get("hidden_size"), 1)
-    layers = meta.get("layers")
-    if not isinstance(layers, list) or not layers:
-        raise UserError(f"layers must be a non-empty list of layer numbers, got {brief(layers)}")
-    for layer in layers:
-        _int("layers[]", layer, 0, 100_000)
-    finite("alpha", meta.get("alpha"))
-    app = meta.get("application")
-    if not isinstance(app, dict):
-        raise UserError(f"application must be a record, got {brief(app)}")
-    if app.get("positions") not in POSITIONS:
-        raise UserError(
-            f"application.positions must be one of {list(POSITIONS)}, "
-            f"got {brief(app.get('positions'))}"
-        )
-    if app.get("mode", "add") not in MODES:
-        raise UserError(
-            f"application.mode must be one of {list(MODES)}, got {brief(app.get('mode'))}"
-        )
-    scales = app.get("scales", {})
-    if not isinstance(scales, dict):
-        raise UserError(f"application.scales must map layers to numbers, got {brief(scales)}")
-    for key, value in scales.items():
-        if not str(key).isdigit():
-            raise UserError(f"application.scales keys must be layer numbers, got {brief(key)}")
-        finite(f"application.scales.{key}", value)
-    _check_heads_and_gate(app)
-    _check_samples(meta)
-    generation = meta.get("generation")
-    if generation is not None:
-        if not isinstance(generation, dict):
-            raise UserError(f"generation must be a record, got {brief(generation)}")
-        if "max_new_tokens" in generation:
-            _int("generation.max_new_tokens", generation["max_new_tokens"], 1, MAX_NEW_TOKENS)
-        stop = generation.get("stop") or []
-        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-            raise UserError(
-                f"generation.stop must be a list of non-empty strings, got {brief(stop)}"
-            )
-
-
-def _check_samples(meta: dict[str, Any]) -> None:
-    """`metrics.test.samples`, what `hpo generate replay=true` reads: records of text and ids."""
-    metrics = meta.get("metrics")
-    if metrics is None:
-        return
-    if not isinstance(metrics, dict):
-        raise UserError(f"metrics must be a record, got {brief(metrics)}")
-    test = metrics.get("test")
-    if test is None:
-        return
-    if not isinstance(test, dict):
-        raise UserError(f"metrics.test must be a record, got {brief(test)}")
-    samples = test.get("samples", [])
-    if not isinstance(samples, list):
-        raise UserError(f"metrics.test.samples must be a list of records, got {brief(samples)}")
-    for i, sample in enumerate(samples):
-        key = f"metrics.test.samples[{i}]"
-        if not isinstance(sample, dict) or not isinstance(sample.get("prompt"), str):
-            raise UserError(f"{key} must be a record with a prompt text, got {brief(sample)}")
-        if not isinstance(sample.get("text", ""), str):
-            raise UserError(f"{key}.text must be text, got {brief(sample['text'])}")
-        for name in ("unsteered_ids", "steered_ids"):
-            ids = sample.get(name, [])
-            if not isinstance(ids, list) or not all(
-                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids
-            ):
-                raise UserError(f"{key}.{name} must be a list of token ids, got {brief(ids)}")
-
-
-def record_digest(meta: dict[str, Any]) -> str:
-    """sha256 of what a replay must reproduce: the recorded samples, the vector file's digest,
-    alpha, application and generation (`steering.json` is not in its own sha256 map)."""
-    test = (meta.get("metrics") or {}).get("test") or {}
-    record = {
-        "samples": test.get("samples", []),
-        "vectors": (meta.get("sha256") or {}).get(vector_relpath(meta["trait"])),
-        "alpha": meta.get("alpha"),
-        "application": meta.get("application"),
-        "generation": meta.get("generation"),
-    }
-    text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def check_record(root: Path, meta: dict[str, Any]) -> None:
-    """Refuse to replay a bundle whose recorded samples, vectors or settings were edited after
-    export (bundles from before `record_sha256` have nothing to check).
-
-    Raises:
-        BundleError: `record_sha256` does not match (or is not 64 hex digits).
-    """
-    want = meta.get(RECORD_SHA256)
-    if want is None:
-        return
-    if not isinstance(want, str) or want != record_digest(meta):
-        raise BundleError(
-            f"bundle {root} was modified after export: its recorded samples, vectors or "
-            f"settings do not match {RECORD_SHA256}"
-        )
-
-
-def _check_heads_and_gate(app: dict[str, Any]) -> None:
-    site = app.get("site", "residual")
-    if site not in SITES:
-        raise UserError(f"application.site must be one of {list(SITES)}, got {brief(site)}")
-    if site == "heads":
-        if app.get("mode", "add") not in head_modes():
-            raise UserError(
-                f"site heads takes mode {list(head_modes())}, got {brief(app.get('mode'))}"
-            )
-        if app.get("head_point") not in HEAD_POINTS:
-            raise UserError(
-                f"application.head_point must be one of {list(HEAD_POINTS)}, "
-                f"got {brief(app.get('head_point'))}"
-            )
-        n_heads = _int("application.n_heads", app.get("n_heads"), 1, 100_000)
-        _int("application.head_dim", app.get("head_dim"), 1, 100_000)
-        heads = app.get("heads")
-        if not isinstance(heads, dict) or not heads:
-            raise UserError(f"application.heads must map layers to head lists, got {brief(heads)}")
-        for key, chosen in heads.items():
-            if not str(key).isdigit() or not isinstance(chosen, list) or not chosen:
-                raise UserError(
-                    f"application.heads[{brief(key)}] must list heads, got {brief(chosen)}"
-                )
-            for h in chosen:
-                _int(f"application.heads[{brief(key)}][]", h, 0, n_heads - 1)
-    gate = app.get("gate")
-    if gate is None:
-        return
-    if not isinstance(gate, dict):
-        raise UserError(f"application.gate must be a record, got {brief(gate)}")
-    if not isinstance(gate.get("trigger", ""), str):
-        raise UserError(f"application.gate.trigger must be text, got {brief(gate.get('trigger'))}")
-    if gate.get("probe", "off") not in PROBE_GATES:
-        raise UserError(
-            f"application.gate.probe must be one of {list(PROBE_GATES)}, "
-            f"got {brief(gate.get('probe'))}"
-        )
-    threshold = finite("application.gate.threshold", gate.get("threshold", 0.5))
-    if not 0.0 < threshold < 1.0:
-        raise UserError(f"application.gate.threshold must lie in (0, 1), got {threshold}")
-
-
-def read_meta(root: Path) -> dict[str, Any]:
-    """`steering.json`, decoded and checked (schema, names, numbers, layers).
-
-    Raises:
-        BundleError: missing folder or file, not UTF-8, not JSON, or a value breaking its rule.
-    """
-    if not root.is_dir():
-        raise BundleError(f"bundle directory {str(root)!r} does not exist")
-    try:
-        meta = json.loads((root / STEERING_JSON).read_bytes().decode("utf-8"))
-    except FileNotFoundError as e:
-        raise BundleError(f"bundle {root} has no {STEERING_JSON}") from e
-    except OSError as e:
-        raise BundleError(f"bundle {root}: cannot read {STEERING_JSON}: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise BundleError(
-            f"bundle {root}: {STEERING_JSON} must be UTF-8, got byte {e.object[e.start]:#x} at "
-            f"offset {e.start}"
-        ) from e
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise BundleError(f"bundle {root}: {STEERING_JSON} is not valid JSON ({e})") from e
-    if not isinstance(meta, dict):
-        raise BundleError(f"bundle {root}: {STEERING_JSON} must hold a JSON object")
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(
-            f"bundle {root}: schema_version must be {SCHEMA_VERSION}, "
-            f"got {brief(meta.get('schema_version'))}"
-        )
-    try:
-        _check_meta(meta)
-    except UserError as e:
-        raise _wrap(root, e) from e
-    return meta
-
-
-def check_files(root: Path, meta: dict[str, Any]) -> None:
-    """Every file of the `sha256` map: inside the bundle, present, and matching its digest.
-
-    Raises:
-        BundleError: no map, a path leaving the bundle, a missing file, a digest mismatch, or a
-            map that does not cover the vector file.
-    """
-    digests = meta.get("sha256")
-    if not isinstance(digests, dict) or not digests:
-        raise BundleError(
-            f"bundle {root}: {STEERING_JSON} must hold a sha256 map of its files, "
-            f"got {brief(digests)}"
-        )
-    for rel, digest in digests.items():
-        try:
-            file = confined(root, rel, "sha256 key")
-        except UserError as e:
-            raise _wrap(root, e) from e
-        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-            raise BundleError(f"bundle {root}: sha256 of {brief(rel)} must be 64 hex digits")
-        if not file.is_file():
-            raise BundleError(f"bundle {root} lacks {rel}")
-        if sha256_file(file) != digest:
-            raise BundleError(f"bundle {root}: {rel} does not match its sha256 (corrupted?)")
-    vector = vector_relpath(meta["trait"])
-    if vector not in digests:
-        raise BundleError(f"bundle {root}: the sha256 map must cover {vector}, it does not")
-
-
-def read_vectors(root: Path, meta: dict[str, Any]) -> dict[int, torch.Tensor]:
-    """The steering vectors by layer (see `read_tensors`)."""
-    return read_tensors(root, meta)[0]
-
-
-def _load(root: Path, rel: str) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(confined(root, rel, "vector file")))
-    except UserError as e:
-        raise _wrap(root, e) from e
-    except (SafetensorError, OSError, ValueError) as e:
-        raise BundleError(f"bundle {root}: cannot read {Path(rel).name}: {e}") from e
-
-
-def _finite_vector(root: Path, name: str, tensor: torch.Tensor, size: int, what: str) -> None:
-    if not tensor.is_floating_point() or tuple(tensor.shape) != (size,):
-        raise BundleError(
-            f"bundle {root}: tensor {name} must be a float vector of {what} ({size},), "
-            f"got {tensor.dtype} of shape {tuple(tensor.shape)}"
-        )
-    if not bool(torch.isfinite(tensor).all()):
-        raise BundleError(f"bundle {root}: tensor {name} holds NaN or infinite values")
-
-
-def read_tensors(
-    root: Path, meta: dict[str, Any]
-) -> tuple[dict[int, torch.Tensor], dict[Any, tuple[torch.Tensor, float]], torch.Tensor | None]:
-    """The steering vectors by layer, the probe gate's `(weight, bias)` per unit and the trigger
-    gate's token ids, each checked.
-
-    Site residual: `layer.<L>`, each a finite vector of the model's hidden size. Site heads:
-    `head.<L>.<H>` of `head_dim`, assembled per layer into a head-space vector (zero outside
-    the steered heads).
-
-    Raises:
-        BundleError: unreadable file, a tensor of an unknown name, a wrong shape or dtype,
-            a NaN or infinite entry, or layers / heads that differ from `steering.json`'s.
-    """
-    rel = vector_relpath(meta["trait"])
-    tensors = _load(root, rel)
-    app = meta["application"]
-    heads_site = app.get("site", "residual") == "heads"
-    hidden = meta["model"]["hidden_size"]
-    vectors: dict[int, torch.Tensor] = {}
-    found_heads: dict[int, list[int]] = {}
-    weights: dict[Any, torch.Tensor] = {}
-    biases: dict[Any, float] = {}
-    trigger_ids = None
-    for name, tensor in tensors.items():
-        if (match := _TENSOR_NAME.fullmatch(name)) and not heads_site:
-            _finite_vector(root, name, tensor, hidden, "the model's hidden size")
-            vectors[int(match.group(1))] = tensor.float()
-        elif (match := _HEAD_NAME.fullmatch(name)) and heads_site:
-            layer, head = int(match.group(1)), int(match.group(2))
-            dim, n_heads = app["head_dim"], app["n_heads"]
-            _finite_vector(root, name, tensor, dim, "application.head_dim")
-            if head >= n_heads:
-                raise BundleError(f"bundle {root}: {name} names a head >= n_heads {n_heads}")
-            vector = vectors.setdefault(layer, torch.zeros(n_heads * dim))
-            vector[head * dim : (head + 1) * dim] = tensor.float()
-            found_heads.setdefault(layer, []).append(head)
-        elif match := _GATE_NAME.fullmatch(name):
-            key: Any = int(match.group(1))
-            if match.group(2) is not None:
-                key = (key, int(match.group(2)))
-            size = app.get("head_dim", 0) if heads_site else hidden
-            if match.group(3) == "weight":
-                _finite_vector(root, name, tensor, size, "the gated unit's width")
-                weights[key] = tensor.float()
-            else:
-                _finite_vector(root, name, tensor, 1, "one bias")
-                biases[key] = float(tensor[0])
-        elif name == TRIGGER_IDS and tensor.dtype == torch.int64 and tensor.dim() == 1:
-            trigger_ids = tensor
-        else:
-            expected = "head.<layer>.<head>" if heads_site else "layer.<number>"
-            raise BundleError(
-                f"bundle {root}: tensors must be named {expected} (or gate.*, {TRIGGER_IDS}), "
-                f"got {brief(name)} in {rel}"
-            )
-    if sorted(vectors) != sorted(meta["layers"]):
-        raise BundleError(
-            f"bundle {root}: tensors for layers {brief(sorted(vectors))} but steering.json lists "
-            f"{brief(meta['layers'])}"
-        )
-    if heads_site:
-        listed = {int(k): sorted(v) for k, v in app["heads"].items()}
-        if {k: sorted(v) for k, v in found_heads.items()} != listed:
-            raise BundleError(
-                f"bundle {root}: head tensors for {brief(found_heads)} but steering.json lists "
-                f"{brief(listed)}"
-            )
-    if sorted(weights, key=str) != sorted(biases, key=str):
-        raise BundleError(f"bundle {root}: every gate weight needs its bias and vice versa")
-    probes = {k: (weights[k], biases[k]) for k in weights}
-    return vectors, probes, trigger_ids
-
-
-def bundle_tensors(
-    vectors: dict[int, torch.Tensor],
-    app: dict[str, Any],
-    probes: dict[Any, tuple[torch.Tensor, float]] | None = None,
-    trigger_ids: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """What the vector file holds for a plan (`app`: its `Application.record()`), named as
-    `read_tensors` reads them back."""
-    out: dict[str, torch.Tensor] = {}
-    if app.get("site", "residual") == "heads":
-        dim = app["head_dim"]
-        for layer, chosen in app["heads"].items():
-            vector = vectors[int(layer)].detach().float().cpu()
-            for h in chosen:
-                out[f"head.{layer}.{h}"] = vector[h * dim : (h + 1) * dim].contiguous()
-    else:
-        out.update(
-            {
-                f"layer.{layer}": v.detach().float().cpu().contiguous()
-                for layer, v in vectors.items()
-            }
-        )
-    for key, (weight, bias) in (probes or {}).items():
-        unit = f"{key[0]}.{key[1]}" if isinstance(key, tuple) else str(key)
-        out[f"gate.{unit}.weight"] = weight.detach().float().cpu().contiguous()
-        out[f"gate.{unit}.bias"] = torch.tensor([float(bias)])
-    if trigger_ids is not None:
-        out[TRIGGER_IDS] = trigger_ids.detach().to(torch.int64).cpu().contiguous()
-    return out
+__all__ = [
+    "MAX_NEW_TOKENS",
+    "RECORD_SHA256",
+    "SCHEMA_VERSION",
+    "STEERING_JSON",
+    "TRIGGER_IDS",
+    "BundleError",
+    "_check_heads_and_gate",
+    "_check_meta",
+    "_check_samples",
+    "_finite_vector",
+    "_int",
+    "_load",
+    "_wrap",
+    "bundle_tensors",
+    "check_files",
+    "check_record",
+    "read_meta",
+    "read_tensors",
+    "read_vectors",
+    "record_digest",
+    "sha256_file",
+    "vector_relpath",
+]
