@@ -7,11 +7,14 @@ takes about a second. Nothing here downloads unless the user names a Hub id.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +91,23 @@ def _converted_dir(gguf: Path) -> Path:
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
-    """De-quantize a GGUF file once and save it as a safetensors model directory (atomically)."""
+    """De-quantize a GGUF file once and save it as a safetensors model directory (atomically).
+
+    transformers' progress bars show only on a terminal: in a pipe or a log they are noise
+    (and a check that fails right after the conversion must still say one line).
+    """
+    if sys.stderr.isatty():
+        _convert_gguf_files(gguf, target)
+        return
+    bars = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(bars):
+            _convert_gguf_files(gguf, target)
+    finally:
+        log.debug("conversion output: %s", bars.getvalue()[-2000:])
+
+
+def _convert_gguf_files(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to a cached safetensors copy (once)", gguf.name)
