@@ -217,7 +217,8 @@ from pathlib import Path
 from tests.conftest import compose_run
 from hpo.run.study import open_study
 go, out = Path(sys.argv[1]), sys.argv[2]
-cfg = compose_run("study.name=s", f"output_dir={out}")
+# The unsteered baseline alone (the prompted one is enqueued the same way, right after it).
+cfg = compose_run("study.name=s", f"output_dir={out}", "task.instruction=null")
 Path(sys.argv[3]).touch()
 while not go.exists():
     time.sleep(0.005)
