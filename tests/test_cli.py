@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from safetensors.torch import load_file
 
 import hpo
+from hpo.core.record import EXPORTED_ATTR
 from hpo.model.loading import LoadedModel
 from hpo.run.tasks import load_task
 from objectives import make_objective
@@ -293,8 +294,10 @@ def test_dashboard_shows_study_trials_attrs_artifacts_and_note_in_a_browser(
             assert "SmolLM2-135M-Instruct.Q4_1.gguf" in note
             assert f"baseline\t{study.trials[0].value:.4f}" in note
             assert "hpo export output_dir=" in note
-            # After export the note tells the held-out result, its interval and warnings.
-            test = meta["metrics"]["test"]
+            # After export the note tells the held-out result, its interval and warnings: of
+            # the last export (another test of this module may have exported a chosen trial).
+            last = Path(study.user_attrs[EXPORTED_ATTR]["bundle"]) / "steering.json"
+            test = json.loads(last.read_text())["metrics"]["test"]
             assert "Exported" in note
             assert f"Held-out test (n={test['n']}): {test['baseline']:.4f} -> " in note
             assert f"difference {test['difference']:+.4f} [95% CI {test['ci95'][0]:+.4f}" in note
