@@ -98,6 +98,19 @@ class Objective(Protocol):
         """Score a prepared split with whatever steering is active on `model`."""
         ...
 
+    def score_groups(
+        self,
+        model: Any,
+        prepared: Any,
+        reports: Sequence[Reporter | None],
+        reuse_prefix: bool = False,
+    ) -> list[ScoreResult]:
+        """`score` for `len(reports)` trials in one batched pass: every batch holds each row
+        once per trial, interleaved (row `r` is row `r // k` under trial `r % k`), each group
+        steered by its own context (`hpo.steering.hooks.steer_groups`); `reports[g]` hears
+        trial `g`'s batches. `score` is this with one trial."""
+        ...
+
 
 @runtime_checkable
 class ConstrainedObjective(Protocol):

@@ -8,11 +8,10 @@ letter prior cannot raise the score; per-letter scores are returned so that can 
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,7 +22,8 @@ from hpo.core.errors import UserError
 from hpo.core.progress import progress
 from hpo.core.stats import spread
 from hpo.model.batching import length_sorted_batches, pad_left
-from hpo.model.kv import mark_prompt, output_cache, scratch_cache, with_cache
+from hpo.model.decoding import keep_logits, prompt_prefix
+from hpo.model.kv import RepeatedPrefixes, scratch_cache, with_cache
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt
 from objectives.train_pairs import source_pairs
@@ -53,6 +53,8 @@ class PreparedChoices:
     n_items: int
     # Unsteered KV cache of every batch's prompts minus their last token (see `build_prefix`).
     prefix: list[Any] | None = None
+    # The prefixes with their rows repeated, for passes that score several trials at once.
+    repeated: RepeatedPrefixes = field(default_factory=RepeatedPrefixes, repr=False)
 
 
 def _letter(value: Any, column: str) -> str:
@@ -173,41 +175,39 @@ class ChoiceProbability:
 
         Steering from the prompt's last token onward leaves everything before it unchanged, so a
         trial then runs one token per item instead of the whole prompt. Must run unsteered.
+        Marked (`prompt_prefix`): `generated` starts after the prompt's last token, wherever a
+        chunk starts; a batch of one-token prompts has no prefix (None) and runs whole.
         """
         device = next(model.parameters()).device
-        prefix = []
-        for batch in prepared.batches:
-            inputs = pad_left(
-                [prepared.token_ids[i] for i in batch], self.tokenizer.pad_token_id, device
-            )
-            with torch.inference_mode():
-                out = model(
-                    input_ids=inputs["input_ids"][:, :-1],
-                    attention_mask=inputs["attention_mask"][:, :-1],
-                    position_ids=inputs["position_ids"][:, :-1],
-                    use_cache=True,
-                    **({"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}),
-                )
-            # Marked: `generated` starts after this prompt's last token, wherever a chunk starts.
-            prefix.append(mark_prompt(output_cache(out), inputs["input_ids"].shape[1]))
-        prepared.prefix = prefix
+        pad = self.tokenizer.pad_token_id
+        prepared.prefix = [
+            prompt_prefix(model, pad_left([prepared.token_ids[i] for i in batch], pad, device))
+            for batch in prepared.batches
+        ]
 
     def _last_logits(
-        self, model: Any, prepared: PreparedChoices, step: int, reuse_prefix: bool
+        self, model: Any, prepared: PreparedChoices, step: int, reuse_prefix: bool, count: int
     ) -> torch.Tensor:
+        """The next-token logits after each prompt of batch `step`; `count` > 1: every prompt
+        `count` times, interleaved (row `r` is prompt `r // count` under trial `r % count`)."""
         batch = prepared.batches[step]
         device = next(model.parameters()).device
         inputs = pad_left(
-            [prepared.token_ids[i] for i in batch], self.tokenizer.pad_token_id, device
+            [prepared.token_ids[i] for i in batch for _ in range(count)],
+            self.tokenizer.pad_token_id,
+            device,
         )
-        keep = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
-        with torch.inference_mode():
-            if not reuse_prefix:
-                return model(**inputs, use_cache=False, **keep).logits[:, -1, :].float()
+        keep = keep_logits(model, 1)
+        prefix = None
+        if reuse_prefix:
             if prepared.prefix is None:
                 raise RuntimeError("build_prefix must run before scoring with reuse_prefix")
+            prefix = prepared.repeated.get(prepared.prefix, step, count)
+        with torch.inference_mode():
+            if prefix is None:
+                return model(**inputs, use_cache=False, **keep).logits[:, -1, :].float()
             # The unsteered prefix goes back to its state for the next trial.
-            with scratch_cache(prepared.prefix[step]) as cache:
+            with scratch_cache(prefix) as cache:
                 out = model(
                     input_ids=inputs["input_ids"][:, -1:],
                     attention_mask=inputs["attention_mask"],
@@ -230,19 +230,35 @@ class ChoiceProbability:
         `reuse_prefix` runs only the last prompt token on top of `build_prefix`'s cache: exact
         when steering starts at the prompt's end (`positions: prompt_end_onward`).
         """
-        variant_scores = [math.nan] * len(prepared.variants)
-        done: list[float] = []
+        return self.score_groups(model, prepared, [report], reuse_prefix)[0]
+
+    def score_groups(
+        self,
+        model: Any,
+        prepared: PreparedChoices,
+        reports: Sequence[Reporter | None],
+        reuse_prefix: bool = False,
+    ) -> list[ScoreResult]:
+        """`score` for `len(reports)` trials in one pass: row group `g` of every batch runs
+        under trial `g`'s steering (`hpo.steering.hooks.steer_groups`)."""
+        count = len(reports)
+        scores = [[math.nan] * len(prepared.variants) for _ in range(count)]
+        done: list[list[float]] = [[] for _ in range(count)]
         for step, batch in enumerate(progress(prepared.batches, "scoring")):
-            logits = self._last_logits(model, prepared, step, reuse_prefix)
-            for row, i in enumerate(batch):
-                v = prepared.variants[i]
-                ids = [self.letter_id(letter) for letter in v.letters]
-                probs = torch.softmax(logits[row, ids], dim=-1)
-                variant_scores[i] = float(probs[v.correct])
-                done.append(variant_scores[i])
-            if report is not None:
-                # Variant ids are stable across trials; every item has the same number of them.
-                report(step, sum(done) / len(done), {i: variant_scores[i] for i in batch})
+            logits = self._last_logits(model, prepared, step, reuse_prefix, count)
+            for g, report in enumerate(reports):
+                for row, i in enumerate(batch):
+                    v = prepared.variants[i]
+                    ids = [self.letter_id(letter) for letter in v.letters]
+                    probs = torch.softmax(logits[row * count + g, ids], dim=-1)
+                    scores[g][i] = float(probs[v.correct])
+                    done[g].append(scores[g][i])
+                if report is not None:
+                    # Variant ids are stable across trials; every item has as many of them.
+                    report(step, sum(done[g]) / len(done[g]), {i: scores[g][i] for i in batch})
+        return [self._result(prepared, s) for s in scores]
+
+    def _result(self, prepared: PreparedChoices, variant_scores: list[float]) -> ScoreResult:
         per_item_lists: list[list[float]] = [[] for _ in range(prepared.n_items)]
         per_letter_lists: dict[str, list[float]] = {}
         for v, s in zip(prepared.variants, variant_scores, strict=True):
@@ -259,7 +275,3 @@ class ChoiceProbability:
         # An item's own noise: the spread of its score over its option orders.
         extras["item_noise"] = [spread(xs) for xs in per_item_lists]
         return ScoreResult(sum(per_item) / len(per_item), per_item, per_letter, extras=extras)
-
-
-def _supports_logits_to_keep(model: Any) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters

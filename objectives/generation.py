@@ -21,6 +21,7 @@ from hpo.core.errors import UserError
 from hpo.core.progress import progress
 from hpo.model.batching import length_sorted_batches, pad_left
 from hpo.model.decoding import finish, generate_ids, prompt_prefix
+from hpo.model.kv import RepeatedPrefixes
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
 from objectives.fluency import distinct2, perplexities
 from objectives.math_answer import final_answer, worked_answer
@@ -42,6 +43,27 @@ class PreparedPrompts:
     baseline: ScoreResult | None = None
     # Per batch: the unsteered KV cache of its padded prompts but their last column (None: off).
     prefix: list[Any] | None = None
+    # The prefixes with their rows repeated, for passes that score several trials at once.
+    repeated: RepeatedPrefixes = field(default_factory=RepeatedPrefixes, repr=False)
+
+
+@dataclass
+class _Continuations:
+    """One trial's continuations and scores, filled batch by batch."""
+
+    n: int
+    continuations: list[list[int]] = field(init=False)
+    texts: list[str] = field(init=False)
+    extracted: list[str] = field(init=False)
+    statuses: list[str] = field(init=False)
+    per_item: list[float] = field(init=False)
+    done: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = self.n
+        self.continuations = [[] for _ in range(n)]
+        self.texts, self.extracted, self.statuses = [""] * n, [""] * n, ["ok"] * n
+        self.per_item = [0.0] * n
 
 
 class Generation:
@@ -129,17 +151,22 @@ class Generation:
         ]
 
     def _generate(
-        self, model: Any, prepared: PreparedPrompts, step: int, reuse_prefix: bool
+        self, model: Any, prepared: PreparedPrompts, step: int, reuse_prefix: bool, count: int = 1
     ) -> list[list[int]]:
+        """Batch `step`'s continuations; `count` > 1: every prompt `count` times, interleaved
+        (row `r` is prompt `r // count` under trial `r % count`)."""
         if reuse_prefix and prepared.prefix is None:
             raise RuntimeError("build_prefix must run before scoring with reuse_prefix")
+        prefix = None
+        if reuse_prefix and prepared.prefix:
+            prefix = prepared.repeated.get(prepared.prefix, step, count)
         return generate_ids(
             model,
             self.tokenizer,
-            [prepared.token_ids[i] for i in prepared.batches[step]],
+            [prepared.token_ids[i] for i in prepared.batches[step] for _ in range(count)],
             self.cfg.objective.max_new_tokens,
             stop_strings=self.cfg.objective.stop or None,
-            prefix=prepared.prefix[step] if reuse_prefix and prepared.prefix else None,
+            prefix=prefix,
         )
 
     def _finish(self, ids: list[int]) -> tuple[list[int], str]:
@@ -159,37 +186,49 @@ class Generation:
         prompt's end (`positions: prompt_end_onward` or `generated`) and no trigger gate reads
         the prompt.
         """
+        return self.score_groups(model, prepared, [report], reuse_prefix)[0]
+
+    def score_groups(
+        self,
+        model: Any,
+        prepared: PreparedPrompts,
+        reports: Sequence[Reporter | None],
+        reuse_prefix: bool = False,
+    ) -> list[ScoreResult]:
+        """`score` for `len(reports)` trials in one pass: each batch generates every prompt
+        once per trial, row group `g` under trial `g`'s steering (the caller opens
+        `hpo.steering.hooks.steer_groups`); `reports[g]` hears trial `g`'s batches."""
+        count = len(reports)
         n = len(prepared.prompts)
-        continuations: list[list[int]] = [[] for _ in range(n)]
-        texts, extracted, statuses = [""] * n, [""] * n, ["ok"] * n
-        per_item = [0.0] * n
         refs = prepared.references or [None] * n
-        done: list[float] = []
+        trials = [_Continuations(n) for _ in range(count)]
         for step, batch in enumerate(progress(prepared.batches, "generating")):
-            for i, raw in zip(
-                batch, self._generate(model, prepared, step, reuse_prefix), strict=True
-            ):
-                continuations[i], text = self._finish(raw)
-                texts[i] = text.strip()
-                scored = self.scorer(text, refs[i])
-                per_item[i], statuses[i], extracted[i] = (
-                    scored.value,
-                    scored.status,
-                    scored.extracted,
-                )
-                done.append(per_item[i])
-            if report is not None:
-                report(step, sum(done) / len(done), {i: per_item[i] for i in batch})
-        counts = {f"n_{s}": statuses.count(s) for s in STATUSES if s != "ok"}
-        # Seed 003's token count: generated tokens before EOS or a stop string, per prompt.
-        tokens = [float(len(c)) for c in continuations]
+            rows = self._generate(model, prepared, step, reuse_prefix, count)
+            for g, (acc, report) in enumerate(zip(trials, reports, strict=True)):
+                for i, raw in zip(batch, rows[g::count], strict=True):
+                    acc.continuations[i], text = self._finish(raw)
+                    acc.texts[i] = text.strip()
+                    scored = self.scorer(text, refs[i])
+                    acc.per_item[i] = scored.value
+                    acc.statuses[i], acc.extracted[i] = scored.status, scored.extracted
+                    acc.done.append(scored.value)
+                if report is not None:
+                    report(
+                        step, sum(acc.done) / len(acc.done), {i: acc.per_item[i] for i in batch}
+                    )
+        return [self._result(acc, refs) for acc in trials]
+
+    def _result(self, acc: _Continuations, refs: list[str | None]) -> ScoreResult:
+        counts = {f"n_{s}": acc.statuses.count(s) for s in STATUSES if s != "ok"}
+        # The token count: generated tokens before EOS or a stop string, per prompt.
+        tokens = [float(len(c)) for c in acc.continuations]
         return ScoreResult(
-            sum(per_item) / len(per_item),
-            per_item,
+            sum(acc.per_item) / len(acc.per_item),
+            acc.per_item,
             extras={
-                "continuations": continuations,
-                "texts": texts,
-                "extracted": extracted,
+                "continuations": acc.continuations,
+                "texts": acc.texts,
+                "extracted": acc.extracted,
                 "references": refs,
                 "counts": counts,
             },

@@ -16,15 +16,15 @@ then over prompts (so the per-prompt values average to the metric and can be boo
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from hpo.model.batching import pad_left
-from hpo.model.kv import scratch_cache, with_cache
+from hpo.model.decoding import keep_logits
+from hpo.model.kv import RepeatedPrefixes, scratch_cache, with_cache
 
 
 @dataclass
@@ -39,6 +39,8 @@ class KLBatch:
     # The unsteered log-probs computed from `prefix` as trials reusing it compute them, so
     # alpha = 0 gives exactly 0 on that path too.
     prefix_reference: torch.Tensor | None = None
+    # `prefix` with its rows repeated, for passes that score several trials at once.
+    repeated: RepeatedPrefixes = field(default_factory=RepeatedPrefixes, repr=False)
 
 
 @dataclass
@@ -47,14 +49,6 @@ class KLReference:
 
     batches: list[KLBatch]
     n_prompts: int
-
-
-def _keep(model: Any, n: int) -> dict[str, int]:
-    return (
-        {"logits_to_keep": n}
-        if "logits_to_keep" in inspect.signature(model.forward).parameters
-        else {}
-    )
 
 
 def _reuses_prefix(batch: KLBatch, handle: Any) -> bool:
@@ -70,12 +64,18 @@ def _reuses_prefix(batch: KLBatch, handle: Any) -> bool:
 
 
 def _continuation_logprobs(
-    model: Any, batch: KLBatch, handle: Any = None, reuse: bool = False
+    model: Any, batch: KLBatch, handles: Sequence[Any] = (), reuse: bool = False, count: int = 1
 ) -> torch.Tensor:
     """Log-probs at the counted continuation positions, under `model` as it is now (`reuse`:
-    from `batch.prefix`)."""
+    from `batch.prefix`); `count` > 1: every row `count` times, interleaved (row `r` is prompt
+    `r // count` under trial `r % count`, `handles[r % count]`)."""
     width = batch.counted.shape[1]
-    if handle is not None:
+    inputs, counted = batch.inputs, batch.counted
+    if count > 1:
+        inputs = {k: v.repeat_interleave(count, dim=0) for k, v in inputs.items()}
+        counted = counted.repeat_interleave(count, dim=0)
+    live = [h for h in handles if h is not None]
+    for handle in live:
         # Positions `prompt_end_onward` / `generated` mean the same as during generation.
         handle.prompt_length = batch.prompt_width
     try:
@@ -83,23 +83,24 @@ def _continuation_logprobs(
             if reuse:
                 # The prompt's last token predicts continuation token 0: run from there on.
                 start = batch.prompt_width - 1
-                with scratch_cache(batch.prefix) as cache:
+                prefix = batch.repeated.get([batch.prefix], 0, count)
+                with scratch_cache(prefix) as cache:
                     logits = model(
-                        input_ids=batch.inputs["input_ids"][:, start:],
-                        attention_mask=batch.inputs["attention_mask"],
-                        position_ids=batch.inputs["position_ids"][:, start:],
+                        input_ids=inputs["input_ids"][:, start:],
+                        attention_mask=inputs["attention_mask"],
+                        position_ids=inputs["position_ids"][:, start:],
                         **with_cache(model, cache),
                         use_cache=True,
-                        **_keep(model, width),
+                        **keep_logits(model, width),
                     ).logits
             else:
-                logits = model(**batch.inputs, use_cache=False, **_keep(model, width)).logits
+                logits = model(**inputs, use_cache=False, **keep_logits(model, width)).logits
     finally:
-        if handle is not None:
+        for handle in live:
             handle.prompt_length = None
     # The last `width` positions predict continuation tokens 0 .. width - 1.
     logprobs = torch.log_softmax(logits[:, -width:].float(), dim=-1)
-    return logprobs[batch.counted]
+    return logprobs[counted]
 
 
 def build_reference(
@@ -155,16 +156,30 @@ def kl_per_prompt(model: Any, reference: KLReference, handle: Any = None) -> lis
     Pass the active `SteeringHandle` so position-restricted steering starts where the prompt
     ends, as it does during generation.
     """
-    out: list[float] = []
+    return kl_per_prompt_groups(model, reference, [handle])[0]
+
+
+def kl_per_prompt_groups(
+    model: Any, reference: KLReference, handles: Sequence[Any]
+) -> list[list[float]]:
+    """`kl_per_prompt` for `len(handles)` trials in one pass: row group `g` of every batch runs
+    under `handles[g]` (`hpo.steering.hooks.steer_groups`). The prompt prefix is reused only
+    when every trial's steering leaves it unsteered."""
+    count = len(handles)
+    out: list[list[float]] = [[] for _ in range(count)]
     for batch in reference.batches:
-        reuse = _reuses_prefix(batch, handle)
-        steered = _continuation_logprobs(model, batch, handle, reuse)
+        reuse = all(_reuses_prefix(batch, h) for h in handles)
+        steered = _continuation_logprobs(model, batch, handles, reuse, count)
         unsteered = batch.prefix_reference if reuse else batch.reference
         assert unsteered is not None
+        counts = batch.counted.sum(dim=1).tolist()
+        if count > 1:
+            chunks = torch.split(unsteered, counts)
+            unsteered = torch.cat([c for c in chunks for _ in range(count)])
+            counts = [c for c in counts for _ in range(count)]
         p = steered.exp()
         terms = torch.where(p > 0, p * (steered - unsteered), torch.zeros_like(p))
         per_position = terms.sum(dim=-1).clamp(min=0.0)  # rounding can leave -1e-9
-        counts = batch.counted.sum(dim=1).tolist()
-        for chunk in torch.split(per_position, counts):
-            out.append(float(chunk.mean()) if len(chunk) else 0.0)
+        for r, chunk in enumerate(torch.split(per_position, counts)):
+            out[r % count].append(float(chunk.mean()) if len(chunk) else 0.0)
     return out

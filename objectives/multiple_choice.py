@@ -169,29 +169,34 @@ class MultipleChoice:
     def precompute(self, model: Any, prepared: PreparedMc, prefix: bool) -> None:
         """Nothing to precompute: every trial re-runs its prompts (steering may touch them)."""
 
-    def _logliks(self, model: Any, prepared: PreparedMc, batch: list[int]) -> list[list[float]]:
-        """Per variant in `batch`, the log-likelihood of each option after the prompt.
+    def _logliks(
+        self, model: Any, prepared: PreparedMc, batch: list[int], count: int = 1
+    ) -> list[list[float]]:
+        """Per variant in `batch`, the log-likelihood of each option after the prompt; `count`
+        > 1: every variant `count` times, interleaved (row `r` is variant `batch[r // count]`
+        under trial `r % count`).
 
         The prompts run once with a KV cache; each option position then runs on top of it
         (right-padded, so pads come after every real token) and the cache is restored.
         """
         device = next(model.parameters()).device
         pad = self.tokenizer.pad_token_id
-        inputs = pad_left([prepared.prompt_ids[i] for i in batch], pad, device)
+        rows = [i for i in batch for _ in range(count)]
+        inputs = pad_left([prepared.prompt_ids[i] for i in rows], pad, device)
         with torch.inference_mode():
             out = model(**inputs, use_cache=True)
         cache = output_cache(out)
         first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-        n_opts = max(len(prepared.option_ids[i]) for i in batch)
-        scores: list[list[float]] = [[] for _ in batch]
+        n_opts = max(len(prepared.option_ids[i]) for i in rows)
+        scores: list[list[float]] = [[] for _ in rows]
         for j in range(n_opts):
             opts = [
                 prepared.option_ids[i][j] if j < len(prepared.option_ids[i]) else [pad]
-                for i in batch
+                for i in rows
             ]
             length = max(len(o) for o in opts)
-            ids = torch.full((len(batch), length), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), length), dtype=torch.long)
+            ids = torch.full((len(rows), length), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), length), dtype=torch.long)
             for r, o in enumerate(opts):
                 ids[r, : len(o)] = torch.tensor(o)
                 mask[r, : len(o)] = 1
@@ -208,7 +213,7 @@ class MultipleChoice:
                 ).logits.float()
             logp = torch.log_softmax(logits, dim=-1)
             for r, o in enumerate(opts):
-                if j >= len(prepared.option_ids[batch[r]]):
+                if j >= len(prepared.option_ids[rows[r]]):
                     continue
                 total = float(first[r, o[0]])
                 for k in range(1, len(o)):
@@ -226,19 +231,36 @@ class MultipleChoice:
     ) -> ScoreResult:
         """Mean correct-option probability (softmax over option log-likelihoods), per item
         averaged over its option orders; accuracy and per-letter scores alongside."""
-        prob = [0.0] * len(prepared.variants)
-        hit = [0.0] * len(prepared.variants)
-        done: list[float] = []
+        return self.score_groups(model, prepared, [report], reuse_prefix)[0]
+
+    def score_groups(
+        self,
+        model: Any,
+        prepared: PreparedMc,
+        reports: Sequence[Reporter | None],
+        reuse_prefix: bool = False,
+    ) -> list[ScoreResult]:
+        """`score` for `len(reports)` trials in one pass: row group `g` of every batch runs
+        under trial `g`'s steering (`hpo.steering.hooks.steer_groups`)."""
+        count = len(reports)
+        prob = [[0.0] * len(prepared.variants) for _ in range(count)]
+        hit = [[0.0] * len(prepared.variants) for _ in range(count)]
+        done: list[list[float]] = [[] for _ in range(count)]
         for step, batch in enumerate(progress(prepared.batches, "scoring")):
-            for i, ll in zip(batch, self._logliks(model, prepared, batch), strict=True):
-                v = prepared.variants[i]
-                probs = torch.softmax(torch.tensor(ll), dim=0)
-                prob[i] = float(probs[v.correct])
-                hit[i] = float(max(range(len(ll)), key=ll.__getitem__) == v.correct)
-                done.append(prob[i])
-            if report is not None:
-                # Variant ids are stable across trials (per-item reports for the Wilcoxon pruner).
-                report(step, sum(done) / len(done), {i: prob[i] for i in batch})
+            logliks = self._logliks(model, prepared, batch, count)
+            for g, report in enumerate(reports):
+                for i, ll in zip(batch, logliks[g::count], strict=True):
+                    v = prepared.variants[i]
+                    probs = torch.softmax(torch.tensor(ll), dim=0)
+                    prob[g][i] = float(probs[v.correct])
+                    hit[g][i] = float(max(range(len(ll)), key=ll.__getitem__) == v.correct)
+                    done[g].append(prob[g][i])
+                if report is not None:
+                    # Variant ids are stable across trials (per-item reports for Wilcoxon).
+                    report(step, sum(done[g]) / len(done[g]), {i: prob[g][i] for i in batch})
+        return [self._result(prepared, p, h) for p, h in zip(prob, hit, strict=True)]
+
+    def _result(self, prepared: PreparedMc, prob: list[float], hit: list[float]) -> ScoreResult:
         per_item, accuracy = _by_item(prepared, prob), _by_item(prepared, hit)
         letters: dict[str, list[float]] = {}
         for v, p in zip(prepared.variants, prob, strict=True):

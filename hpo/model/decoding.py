@@ -73,11 +73,7 @@ def prompt_prefix(model: Any, inputs: dict[str, torch.Tensor]) -> Any | None:
     width = inputs["input_ids"].shape[1]
     if width < 2:
         return None
-    keep = (
-        {"logits_to_keep": 1}
-        if "logits_to_keep" in inspect.signature(model.forward).parameters
-        else {}
-    )
+    keep = keep_logits(model, 1)
     with torch.inference_mode():
         out = model(
             input_ids=inputs["input_ids"][:, :-1],
@@ -87,6 +83,14 @@ def prompt_prefix(model: Any, inputs: dict[str, torch.Tensor]) -> Any | None:
             **keep,
         )
     return mark_prompt(output_cache(out), width)
+
+
+def keep_logits(model: Any, n: int) -> dict[str, int]:
+    """`{"logits_to_keep": n}` when `model.forward` takes it (only the last `n` positions' logits
+    are computed), else `{}`."""
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        return {"logits_to_keep": n}
+    return {}
 
 
 def chat_prompt(

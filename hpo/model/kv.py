@@ -120,3 +120,35 @@ def output_cache(output: Any) -> Any:
     """The KV cache a forward returned (`cache` from 5.24, `past_key_values` before)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+def repeat_rows(cache: Any, count: int) -> Any:
+    """A copy of `cache` with every row repeated `count` times, interleaved (row `r` of the
+    copy is row `r // count` of `cache`): the prompt prefix of a pass that scores `count`
+    trials at once (`hpo.steering.handle.RowGroup`). The prompt mark is kept."""
+    if count == 1:
+        return cache
+    if hasattr(cache, "batch_repeat_interleave"):
+        out = copy.deepcopy(cache)
+        out.batch_repeat_interleave(count)
+        return out
+    if is_cache(cache):  # the legacy tuple of (key, value) per layer
+        return tuple(tuple(t.repeat_interleave(count, dim=0) for t in layer) for layer in cache)
+    raise TypeError(f"cannot repeat the rows of a {type(cache).__name__}")
+
+
+class RepeatedPrefixes:
+    """Per batch and row count, the prompt-prefix caches `repeat_rows` makes, built on first
+    use and kept (a worker scores every pass of `count` trials from the same copies)."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[int, int], Any] = {}
+
+    def get(self, prefixes: list[Any], step: int, count: int) -> Any:
+        """Batch `step`'s prefix (of `prefixes`) with its rows repeated `count` times."""
+        if count == 1 or prefixes[step] is None:
+            return prefixes[step]
+        key = (step, count)
+        if key not in self._made:
+            self._made[key] = repeat_rows(prefixes[step], count)
+        return self._made[key]

@@ -3,6 +3,7 @@ prepared validation split) and the steered scoring every trial, export and repla
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,12 +21,12 @@ from hpo.steering.application import Application
 from hpo.steering.gates import Gate, trigger_token_ids
 from hpo.steering.head_vectors import HeadBank, layer_probes
 from hpo.steering.heads import head_shape
-from hpo.steering.hooks import steer
+from hpo.steering.hooks import steer, steer_groups
 from hpo.steering.methods import VectorBuilder
 from hpo.steering.probe import ProbeBank
 from hpo.steering.residual import ResidualCache, SteeredAbove
 from objectives import ConstrainedObjective, Objective, ScoreResult, make_objective
-from objectives.kl import KLReference, build_reference, kl_per_prompt
+from objectives.kl import KLReference, build_reference, kl_per_prompt, kl_per_prompt_groups
 from search_spaces import layer_scales, resolve, steered_layers
 
 
@@ -264,6 +265,21 @@ class Worker:
             )
         return self.kl[split]
 
+    def _reuses_prefix(self, app: Application, prepared: Any) -> bool:
+        """Whether a trial under `app` can start from `prepared`'s unsteered prompt prefix (a
+        trigger gate reads each sequence from its first token: no shared prefix)."""
+        trigger = app.gate is not None and bool(app.gate.trigger)
+        rule = app.positions_rule
+        return (
+            rule.reuses_prompt_prefix and bool(getattr(prepared, "prefix", None)) and not trigger
+        )
+
+    def shares_pass(self, plan: Plan) -> bool:
+        """Whether a plan can share a batched pass with other trials (`score_groups`): every
+        plan but those the residual cache serves (re-running only the blocks above one layer
+        alone is cheaper than a shared full pass)."""
+        return self.residual is None or not self.residual.applies(plan.application, plan.vectors)
+
     def score(
         self,
         plan: Plan | dict[str, Any],
@@ -281,13 +297,7 @@ class Worker:
         vectors = plan.vectors if vectors is None else vectors
         app = plan.application
         loaded = self.loaded
-        # A trigger gate reads each sequence from its first token: no shared prompt prefix.
-        trigger = app.gate is not None and bool(app.gate.trigger)
-        reuse = (
-            app.positions_rule.reuses_prompt_prefix
-            and getattr(prepared, "prefix", None)
-            and not trigger
-        )
+        reuse = self._reuses_prefix(app, prepared)
         kl_ref = self.kl_reference(split)
         residual = self.residual
         if residual is not None and residual.applies(app, vectors):
@@ -299,15 +309,46 @@ class Worker:
                     self._add_kl(result, kl_ref, handle)
         else:
             with steer(loaded.model, loaded.blocks, vectors, app) as handle:
-                result = self.objective.score(loaded.model, prepared, report, bool(reuse))
+                result = self.objective.score(loaded.model, prepared, report, reuse)
                 if kl_ref is not None:
                     self._add_kl(result, kl_ref, handle)
+        self._constrain(result, prepared)
+        return result
+
+    def score_groups(
+        self, plans: Sequence[Plan], prepared: Any, reports: Sequence[Any]
+    ) -> list[ScoreResult]:
+        """Several trials scored in one batched pass on the validation split, side metrics
+        included: every batch holds each prompt once per plan, row group `g` under `plans[g]`
+        (`hpo.steering.hooks.steer_groups`); the result of plan `g` is what `score` gives it
+        alone, up to float rounding. One plan: `score`. Each plan must `shares_pass`.
+        """
+        if len(plans) == 1:
+            return [self.score(plans[0], prepared, reports[0])]
+        if not all(self.shares_pass(plan) for plan in plans):
+            raise ValueError("a plan the residual cache serves is scored alone")
+        loaded = self.loaded
+        reuse = all(self._reuses_prefix(plan.application, prepared) for plan in plans)
+        kl_ref = self.kl_reference("validation")
+        steerings = [(plan.vectors, plan.application) for plan in plans]
+        with steer_groups(loaded.model, loaded.blocks, steerings) as handles:
+            results = self.objective.score_groups(loaded.model, prepared, reports, reuse)
+            if kl_ref is not None:
+                groups = kl_per_prompt_groups(loaded.model, kl_ref, handles)
+                for result, items in zip(results, groups, strict=True):
+                    self._set_kl(result, items)
+        for result in results:
+            self._constrain(result, prepared)
+        return results
+
+    def _constrain(self, result: ScoreResult, prepared: Any) -> None:
+        """The objective's own constraints (fluency, measured unsteered) and the KL bound."""
         constraints: dict[str, float] = {}
         objective = self.objective
         if objective.constrained:
             assert isinstance(objective, ConstrainedObjective), objective.kind
             # Unsteered now: fluency is judged by the model we started from.
-            measured = objective.fluency(loaded.model, prepared, result)
+            measured = objective.fluency(self.loaded.model, prepared, result)
             result.extras["fluency"] = measured
             result.metrics.update(measured)
             constraints.update(objective.constraints(prepared, measured))
@@ -316,10 +357,11 @@ class Worker:
             constraints["kl"] = result.metrics["kl"] - kl_max
         if constraints:
             result.extras["constraints"] = constraints
-        return result
 
     def _add_kl(self, result: ScoreResult, kl_ref: KLReference, handle: Any) -> None:
-        items = kl_per_prompt(self.loaded.model, kl_ref, handle)
+        self._set_kl(result, kl_per_prompt(self.loaded.model, kl_ref, handle))
+
+    def _set_kl(self, result: ScoreResult, items: list[float]) -> None:
         result.metrics["kl"] = sum(items) / len(items)
         result.metric_items["kl"] = items
 

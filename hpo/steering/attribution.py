@@ -21,7 +21,6 @@ objective's own quantity read on the pairs the vectors are built from:
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from hpo.core.errors import UserError
 from hpo.core.positions import Positions, positions_named
 from hpo.core.progress import progress
 from hpo.model.batching import length_sorted_batches, pad_left
+from hpo.model.decoding import keep_logits
 from hpo.model.loading import LoadedModel
 from objectives import ContrastivePair
 
@@ -153,7 +153,7 @@ def _row_values(
     ]
     first = min(p[1] for p in picks)
     # Only the positions that predict a counted token go through the LM head.
-    keep = {"logits_to_keep": width - first} if _keeps_logits(model) else {}
+    keep = keep_logits(model, width - first)
     start = first if keep else 0
     index = torch.tensor([(r, pos - start) for r, pos, _, _ in picks], device=device)
     tokens = torch.tensor([t for _, _, t, _ in picks], device=device)
@@ -250,7 +250,3 @@ def attribute_layers(
             )
         )
     return out
-
-
-def _keeps_logits(model: Any) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters

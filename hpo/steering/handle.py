@@ -4,6 +4,11 @@ Shared by the residual-stream hooks (`hpo.steering.hooks`) and the attention-hea
 (`hpo.steering.heads`). What a context applies is its `Application` (`handle.app`); the handle
 holds only what changes while the context is open. The modes' arithmetic is in
 `hpo.core.modes`.
+
+Several trials can share one batched pass: the batch then holds `count` copies of every row,
+interleaved (row `r` is item `r // count` under trial `r % count`), and each trial's context
+steers only its `RowGroup` of rows, so `count` contexts open at once on one model steer their
+rows independently (`hpo.steering.hooks.steer_groups`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,33 @@ import torch
 from hpo.core.errors import UserError
 from hpo.steering.application import Application
 from hpo.steering.gates import TriggerState
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """Rows `index, index + count, index + 2 * count, ...` of a batch: one trial's rows when
+    `count` trials share a pass (see the module docstring)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"row group {self.index} of {self.count}")
+
+    def take(self, t: torch.Tensor) -> torch.Tensor:
+        """This group's rows of `t` (batch first)."""
+        if t.shape[0] % self.count:
+            raise RuntimeError(
+                f"a batch of {t.shape[0]} rows does not hold {self.count} interleaved groups"
+            )
+        return t[self.index :: self.count]
+
+    def put(self, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """A copy of `t` with this group's rows replaced by `rows`."""
+        out = t.clone()
+        out[self.index :: self.count] = rows
+        return out
 
 
 @dataclass
@@ -32,6 +64,7 @@ class SteeringHandle:
         enabled: `False` runs the model unsteered without removing the hooks.
         prompt_length: tokens in the prompt (set by generation helpers); when `None`, a forward
             pass without cache treats its whole input as the prompt.
+        group: the rows this context steers when several trials share a batch (None: all).
     """
 
     app: Application
@@ -39,6 +72,7 @@ class SteeringHandle:
     alpha: float
     enabled: bool = True
     prompt_length: int | None = None
+    group: RowGroup | None = None
     _past_length: int = field(default=0, repr=False)
     # The prompt width a reused prefix cache carries (None: no marked prefix in this chunk).
     _prompt_width: int | None = field(default=None, repr=False)
@@ -64,6 +98,8 @@ class SteeringHandle:
         if ids is None or ids.dim() != 2 or ids.is_floating_point():
             raise UserError("a trigger gate needs the model called with input_ids")
         assert gate.trigger_ids is not None
+        if self.group is not None:
+            ids = self.group.take(ids)
         self._trigger = self._trigger_state.mask(ids, past, gate.trigger_ids)
 
     def open_mask(
@@ -93,6 +129,15 @@ class SteeringHandle:
         return mask
 
 
+def in_group(handle: SteeringHandle, t: torch.Tensor, steer: Any) -> torch.Tensor:
+    """`steer(rows)` applied to the handle's rows of `t` (all of `t` without a row group);
+    every other row keeps its exact value."""
+    group = handle.group
+    if group is None:
+        return steer(t)
+    return group.put(t, steer(group.take(t)))
+
+
 def steer_rows(
     hidden: torch.Tensor,
     app: Application,
@@ -104,9 +149,7 @@ def steer_rows(
     """`hidden` `[B, T, ..., D]` steered by one application: its mode with alpha `a` along
     `vector`, from position `start` on and where `mask` is open (see `steer_positions`).
 
-    Every hook steers through here, so a hook serving several applications in one batch (one per
-    group of rows) can call it once per group with that group's rows, application, vector,
-    alpha and mask.
+    Every hook steers through here, with the rows of its own context (`in_group`).
     """
     mode = app.mode_rule
     return steer_positions(hidden, start, mask, lambda h: mode.apply(h, vector, a))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from hpo.core.errors import UserError
-from hpo.steering.handle import SteeringHandle, steer_rows
+from hpo.steering.handle import SteeringHandle, in_group, steer_rows
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention")
 PROJECTION_NAMES = ("o_proj", "dense", "c_proj", "out_proj")
@@ -124,17 +124,22 @@ def _pre_hooks(
         start = handle.start_index(x.shape[1])
         if start >= x.shape[1]:
             return None
-        heads = _slices(x, head_dim)
         index = torch.tensor(chosen, device=x.device)
-        picked = heads.index_select(2, index)  # [B, T, k, head_dim]
         vector = _slices(handle.vectors[layer], head_dim).index_select(0, index)
         app = handle.app
         a = app.layer_alpha(layer, handle.alpha)
-        mask = handle.open_mask(x.shape[:2], [(layer, h) for h in chosen], picked)
-        steered = steer_rows(picked, app, vector, a, start, mask)
-        out = heads.clone()
-        out[:, :, index] = steered
-        return (out.flatten(-2), *args[1:])
+
+        def apply(rows: torch.Tensor) -> torch.Tensor:
+            heads = _slices(rows, head_dim)
+            picked = heads.index_select(2, index)  # [B, T, k, head_dim]
+            mask = handle.open_mask(
+                (rows.shape[0], rows.shape[1]), [(layer, h) for h in chosen], picked
+            )
+            out = heads.clone()
+            out[:, :, index] = steer_rows(picked, app, vector, a, start, mask)
+            return out.flatten(-2)
+
+        return (in_group(handle, x, apply), *args[1:])
 
     return [proj.register_forward_pre_hook(pre_hook)]
 
@@ -160,9 +165,11 @@ def _post_hooks(
         gate = handle.app.gate
         if not handle.enabled or gate is None or not gate.active:
             return
-        x = args[0]
+        x = args[0] if handle.group is None else handle.group.take(args[0])
         picked = _slices(x, head_dim)[:, :, chosen]
-        state["mask"] = handle.open_mask(x.shape[:2], [(layer, h) for h in chosen], picked)
+        state["mask"] = handle.open_mask(
+            (x.shape[0], x.shape[1]), [(layer, h) for h in chosen], picked
+        )
 
     def hook(_m: nn.Module, _args: tuple[Any, ...], output: torch.Tensor) -> Any:
         if not handle.enabled:
@@ -173,14 +180,18 @@ def _post_hooks(
         app = handle.app
         vector, a = handle.vectors[layer], app.layer_alpha(layer, handle.alpha)
         mask = state.pop("mask", None)
-        if mask is None:
-            return steer_rows(output, app, project(proj, vector), a, start, None)
-        # Per position, only the open heads' slices of the vector are projected.
-        heads = _slices(vector, head_dim)
-        full = torch.zeros(*mask.shape[:2], *heads.shape, dtype=vector.dtype, device=vector.device)
-        full[:, :, chosen] = mask[..., None].to(vector.dtype) * heads[chosen]
-        per_position = project(proj, full.flatten(-2))
-        opened = mask.any(dim=-1)
-        return steer_rows(output, app, per_position, a, start, opened)
+
+        def apply(rows: torch.Tensor) -> torch.Tensor:
+            if mask is None:
+                return steer_rows(rows, app, project(proj, vector), a, start, None)
+            # Per position, only the open heads' slices of the vector are projected.
+            heads = _slices(vector, head_dim)
+            shape = (*mask.shape[:2], *heads.shape)
+            full = torch.zeros(shape, dtype=vector.dtype, device=vector.device)
+            full[:, :, chosen] = mask[..., None].to(vector.dtype) * heads[chosen]
+            per_position = project(proj, full.flatten(-2))
+            return steer_rows(rows, app, per_position, a, start, mask.any(dim=-1))
+
+        return in_group(handle, output, apply)
 
     return [proj.register_forward_pre_hook(pre_hook), proj.register_forward_hook(hook)]

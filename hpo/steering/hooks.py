@@ -14,8 +14,8 @@ rules: `hpo.core.positions`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -24,10 +24,10 @@ from torch import nn
 from hpo.core.errors import UserError
 from hpo.model.kv import past_length, prompt_width
 from hpo.steering.application import Application
-from hpo.steering.handle import SteeringHandle, steer_rows
+from hpo.steering.handle import RowGroup, SteeringHandle, in_group, steer_rows
 from hpo.steering.heads import register_head_hooks
 
-__all__ = ["SteeringHandle", "steer"]
+__all__ = ["RowGroup", "SteeringHandle", "steer", "steer_groups"]
 
 
 @contextmanager
@@ -36,13 +36,15 @@ def steer(
     blocks: nn.ModuleList,
     vectors: Mapping[int, torch.Tensor],
     app: Application | None = None,
+    group: RowGroup | None = None,
 ) -> Iterator[SteeringHandle]:
     """Steer block `L`'s output by `app.layer_alpha(L)` along `vectors[L]` as `app` says.
 
     `app` (default: `Application()`, add at every position with alpha 1) was checked when it
-    was built. At site heads `vectors[L]` lives in the input space of block `L`'s attention
-    output projection and steers the heads `app.heads[L]`. Every hook is removed in `finally`,
-    also when the body raises.
+    was built. `group`: steer only those rows of each batch (several trials in one pass,
+    `steer_groups`); every other row passes through unchanged. At site heads `vectors[L]`
+    lives in the input space of block `L`'s attention output projection and steers the heads
+    `app.heads[L]`. Every hook is removed in `finally`, also when the body raises.
 
     Raises:
         UserError: a layer outside the model, or a zero vector for a mode that needs a unit
@@ -61,7 +63,7 @@ def steer(
                 raise UserError(f"cannot {app.mode} a zero or non-finite vector at layer {layer}")
             v = v / norm
         prepared[layer] = v.to(device=param.device, dtype=param.dtype)
-    handle = SteeringHandle(app, prepared, app.alpha)
+    handle = SteeringHandle(app, prepared, app.alpha, group=group)
 
     def pre_hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         # Never from one keyword's name: transformers 5.24 renamed `past_key_values` to `cache`.
@@ -77,8 +79,12 @@ def steer(
             if start >= hidden.shape[1]:
                 return output
             a = app.layer_alpha(layer, handle.alpha)
-            mask = handle.open_mask(hidden.shape[:2], layer, hidden)
-            steered = steer_rows(hidden, app, handle.vectors[layer], a, start, mask)
+
+            def apply(rows: torch.Tensor) -> torch.Tensor:
+                mask = handle.open_mask((rows.shape[0], rows.shape[1]), layer, rows)
+                return steer_rows(rows, app, handle.vectors[layer], a, start, mask)
+
+            steered = in_group(handle, hidden, apply)
             return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
         return hook
@@ -94,3 +100,23 @@ def steer(
     finally:
         for h in hooks:
             h.remove()
+
+
+@contextmanager
+def steer_groups(
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    steerings: Sequence[tuple[Mapping[int, torch.Tensor], Application]],
+) -> Iterator[list[SteeringHandle]]:
+    """Several trials' steering in one batched pass: `steerings[g]` steers row group `g` of
+    `len(steerings)` interleaved groups (`hpo.steering.handle.RowGroup`); one steering alone
+    steers every row, exactly as `steer`. Every hook is removed on exit, also on errors."""
+    count = len(steerings)
+    with ExitStack() as stack:
+        handles = [
+            stack.enter_context(
+                steer(model, blocks, vectors, app, RowGroup(g, count) if count > 1 else None)
+            )
+            for g, (vectors, app) in enumerate(steerings)
+        ]
+        yield handles
