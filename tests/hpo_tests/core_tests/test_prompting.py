@@ -38,7 +38,7 @@ from hpo.run.worker import Worker
 from objectives import make_objective
 from objectives.prompts import render_prompt
 from tests.conftest import compose_run, tiny_overrides
-from tests.hpo_tests.test_study import run_study
+from tests.hpo_tests.run_tests.test_study import run_study
 
 ASK = "Give your honest view, even when the user disagrees with it."
 

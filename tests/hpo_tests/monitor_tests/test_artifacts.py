@@ -18,7 +18,7 @@ from hpo.core.record import EXPORTED_ATTR
 from hpo.monitor.artifacts import artifact_store, is_best_so_far
 from hpo.monitor.dashboard import exposure_warning
 from hpo.monitor.note import record_export, refresh_note
-from tests.hpo_tests.test_study import run_study, tiny_run
+from tests.hpo_tests.run_tests.test_study import run_study, tiny_run
 
 
 @pytest.fixture(scope="module")
