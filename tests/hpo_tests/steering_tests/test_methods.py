@@ -1,25 +1,16 @@
-"""Steering methods against closed forms on synthetic activations, and the vector builder."""
+"""The vector builder: every method's vectors from synthetic activation caches, and its errors.
+The direction formulas themselves are pinned in core_tests/test_directions.py, the probe in
+test_probe.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from hpo import TrialFailure, UserError
+from hpo import UserError
 from hpo.steering.activations import ActivationCache
-from hpo.steering.methods import VectorBuilder, caa, model_diff, pca
-from hpo.steering.probe import split_pairs, train_probe
-
-H = 16
-
-
-def _unit(seed: int) -> torch.Tensor:
-    v = torch.randn(H, generator=torch.Generator().manual_seed(seed))
-    return v / v.norm()
-
-
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+from hpo.steering.methods import VectorBuilder
+from tests.hpo_tests.core_tests.test_directions import H, _cos, _unit
 
 
 def _cache(pos: torch.Tensor, neg: torch.Tensor) -> ActivationCache:
@@ -30,70 +21,6 @@ def _cache(pos: torch.Tensor, neg: torch.Tensor) -> ActivationCache:
         for agg in ("last", "mean", "choice")
     }
     return ActivationCache(tensors, "synthetic")
-
-
-def test_caa_equals_the_mean_difference() -> None:
-    g = torch.Generator().manual_seed(0)
-    pos, neg = torch.randn(30, H, generator=g), torch.randn(30, H, generator=g)
-    assert torch.allclose(caa(pos, neg), pos.mean(0) - neg.mean(0), atol=1e-6)
-
-
-def test_pca_recovers_a_planted_direction_sign_aligned_with_the_mean_difference() -> None:
-    g = torch.Generator().manual_seed(1)
-    planted = _unit(2)
-    # Paired differences vary a lot along `planted` and a little elsewhere; their mean is
-    # along +planted, so the principal component must point that way.
-    size = 1.0 + 3.0 * torch.randn(200, 1, generator=g)
-    neg = torch.randn(200, H, generator=g) * 2.0
-    pos = neg + size * planted + 0.05 * torch.randn(200, H, generator=g)
-    vector = pca(pos, neg)
-    assert _cos(vector, planted) > 0.999
-    # Raw size: the mean difference's component along the direction.
-    mean = (pos - neg).mean(0)
-    assert vector.norm().item() == pytest.approx(float(mean @ (vector / vector.norm())), rel=1e-5)
-    flipped = pca(neg + (-size).abs() * planted, neg)  # all differences along +planted
-    assert _cos(flipped, planted) > 0.99
-
-
-def test_pca_refuses_differences_without_variance() -> None:
-    neg = torch.randn(10, H, generator=torch.Generator().manual_seed(3))
-    with pytest.raises(TrialFailure, match="no variance"):
-        pca(neg + _unit(4), neg)
-
-
-def test_probe_separates_separable_data_and_reports_held_out_accuracy() -> None:
-    g = torch.Generator().manual_seed(5)
-    planted = _unit(6)
-    base = torch.randn(40, H, generator=g)
-    base -= (base @ planted)[:, None] * planted  # separable: every pair differs along planted
-    pos, neg = base + 1.5 * planted, base - 1.5 * planted
-    fit = train_probe(pos, neg, seed=0)
-    assert fit.n_heldout == 10 and fit.n_train == 30
-    assert fit.accuracy == 1.0
-    assert _cos(fit.direction, planted) > 0.9
-    again = train_probe(pos, neg, seed=0)
-    assert torch.equal(fit.direction, again.direction), "a probe must be deterministic"
-
-
-def test_probe_is_at_chance_on_labels_unrelated_to_the_activations() -> None:
-    g = torch.Generator().manual_seed(7)
-    pos, neg = torch.randn(80, H, generator=g), torch.randn(80, H, generator=g)
-    fit = train_probe(pos, neg, seed=0)
-    assert fit.accuracy is not None and fit.accuracy < 0.75
-
-
-def test_probe_holds_out_whole_pairs_and_none_below_four_pairs() -> None:
-    train, held = split_pairs(10, seed=0)
-    assert sorted(torch.cat([train, held]).tolist()) == list(range(10))
-    assert len(held) == 3
-    assert len(split_pairs(3, seed=0)[1]) == 0
-
-
-def test_model_diff_is_the_mean_of_finetuned_minus_the_mean_of_base() -> None:
-    g = torch.Generator().manual_seed(8)
-    base = (torch.randn(6, H, generator=g), torch.randn(6, H, generator=g))
-    tuned = (base[0] + 0.5, base[1] + 0.5)
-    assert torch.allclose(model_diff(base, tuned), torch.full((H,), 0.5), atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["caa", "pca", "probe", "model_diff"])
