@@ -17,11 +17,14 @@ UV ?= uv==0.13.9
 LATEST_VENV ?= .venv-latest
 LATEST_BIN  := $(LATEST_VENV)/bin
 # What depends on transformers' internals: hooks, KV cache, generation, replay, every family.
-LATEST_TESTS ?= tests/hpo_tests/test_kv.py tests/hpo_tests/test_steering.py tests/hpo_tests/test_modes.py \
-	tests/hpo_tests/test_architectures.py tests/hpo_tests/test_replay.py \
-	tests/hpo_tests/test_replay_generation.py \
-	tests/hpo_tests/test_bundle.py tests/hpo_tests/test_residual.py \
-	tests/hpo_tests/test_activations.py tests/hpo_tests/test_heads.py tests/objectives_tests
+LATEST_TESTS ?= tests/hpo_tests/model_tests/test_kv.py \
+	tests/hpo_tests/model_tests/test_architectures.py \
+	tests/hpo_tests/steering_tests/test_hooks.py tests/hpo_tests/core_tests/test_modes.py \
+	tests/hpo_tests/export_tests/test_replay.py \
+	tests/hpo_tests/export_tests/test_replay_generation.py \
+	tests/hpo_tests/export_tests/test_bundle.py tests/hpo_tests/steering_tests/test_residual.py \
+	tests/hpo_tests/steering_tests/test_activations.py \
+	tests/hpo_tests/steering_tests/test_heads.py tests/objectives_tests
 
 # The lowest transformers pyproject allows, the rest resolved around it by the lock tool.
 OLDEST_VENV ?= .venv-oldest
@@ -30,11 +33,14 @@ OLDEST_TRANSFORMERS ?= $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' p
 # Hooks, KV cache, generation, replay, bundles, every family. On 4.56.0 three other tests fail
 # for reasons outside steering (gemma2 residual reuse falls back, a NaN in a left-padded A/B
 # score, SmolLM2's greedy math text): listed in the README's first-run section.
-OLDEST_TESTS ?= tests/hpo_tests/test_kv.py tests/hpo_tests/test_steering.py \
-	tests/hpo_tests/test_modes.py tests/hpo_tests/test_architectures.py \
-	tests/hpo_tests/test_replay.py tests/hpo_tests/test_replay_generation.py \
-	tests/hpo_tests/test_bundle.py tests/hpo_tests/test_activations.py \
-	tests/hpo_tests/test_heads.py
+OLDEST_TESTS ?= tests/hpo_tests/model_tests/test_kv.py \
+	tests/hpo_tests/model_tests/test_architectures.py \
+	tests/hpo_tests/steering_tests/test_hooks.py tests/hpo_tests/core_tests/test_modes.py \
+	tests/hpo_tests/export_tests/test_replay.py \
+	tests/hpo_tests/export_tests/test_replay_generation.py \
+	tests/hpo_tests/export_tests/test_bundle.py \
+	tests/hpo_tests/steering_tests/test_activations.py \
+	tests/hpo_tests/steering_tests/test_heads.py
 
 .PHONY: demo test test-latest test-oldest install dev lint system-deps lock bench bench-quick clean
 

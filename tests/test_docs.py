@@ -2,9 +2,9 @@
 relative link points at a file: `hpo <verb> ...` lines of bash blocks and of the verbs table
 compose and validate through the real Hydra config in-process (no study runs), python blocks
 compile, yaml and ini blocks parse. The blocks that are run for real live in their own tests
-(the load_bundle example in tests/hpo_tests/test_bundle.py and test_cli.py, the how-to-extend
-block in tests/hpo_tests/test_registries.py, the Kubernetes Job in test_cluster.py and
-test_kubernetes_local.py)."""
+(the load_bundle example in tests/hpo_tests/export_tests/test_bundle.py and test_cli.py, the
+how-to-extend block in tests/hpo_tests/core_tests/test_registries.py, the Kubernetes Job in
+test_cluster.py and test_kubernetes_local.py)."""
 
 from __future__ import annotations
 

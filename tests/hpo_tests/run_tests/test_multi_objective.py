@@ -43,21 +43,6 @@ def run(cfg: RunConfig) -> tuple[Any, Any]:
     return study, worker
 
 
-def test_metric_names_need_a_known_or_declared_direction() -> None:
-    objective = ObjectiveConfig(metrics=["accuracy", "tokens", "agreement:minimize"])
-    assert [(m.name, m.direction) for m in study_metrics(objective)] == [
-        ("accuracy", "maximize"),
-        ("tokens", "minimize"),
-        ("agreement", "minimize"),
-    ]
-    with pytest.raises(UserError, match="'agreement' has no known direction"):
-        study_metrics(ObjectiveConfig(metrics=["score", "agreement"]))
-    with pytest.raises(UserError, match="must not repeat a name, got 'kl' twice"):
-        study_metrics(ObjectiveConfig(metrics=["kl", "kl"]))
-    with pytest.raises(UserError, match="direction of 'kl' must be one of"):
-        study_metrics(ObjectiveConfig(metrics=["kl:lower"]))
-
-
 def test_export_rules_are_checked_before_a_study_runs(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

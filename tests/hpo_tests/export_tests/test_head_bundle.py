@@ -18,7 +18,7 @@ from hpo.export.writer import write_bundle
 from hpo.steering.hooks import steer
 from search_spaces import distributions, suggest
 from tests.conftest import compose_run, tiny_overrides
-from tests.hpo_tests.test_study import run_study
+from tests.hpo_tests.run_tests.test_study import run_study
 
 HEADS = (
     "++search_space.site=[heads]",

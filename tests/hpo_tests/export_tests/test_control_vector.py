@@ -21,7 +21,7 @@ from hpo.export.control_vector import (
 )
 from hpo.export.writer import write_bundle
 from tests.conftest import unit
-from tests.hpo_tests.test_study import run_study, tiny_run
+from tests.hpo_tests.run_tests.test_study import run_study, tiny_run
 
 
 def test_gguf_reads_back_to_the_same_tensors_and_metadata(tmp_path: Path) -> None:

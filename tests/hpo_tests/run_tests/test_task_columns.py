@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from hpo.cli.command import main
-from hpo.core.columns import data_columns, option_texts, row_option
 from hpo.model.loading import LoadedModel
 from hpo.run.tasks import load_task
 from objectives import make_objective
@@ -28,20 +27,6 @@ def restore_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-
-
-def test_choices_may_be_a_list_of_columns_and_answer_a_constant() -> None:
-    columns = {"prompt": "question", "choices": ["right_answer", "hallucinated_answer"]}
-    row = ROWS[0]
-    assert option_texts(row, columns) == [row["right_answer"], row["hallucinated_answer"]]
-    assert row_option(row, {**columns, "answer": 0}, "answer", 2) == 0
-    assert row_option(row, {**columns, "answer": "B"}, "answer", 2) == 1
-    assert row_option({**row, "gold": "(B)"}, {**columns, "answer": "gold"}, "answer", 2) == 1
-    assert data_columns({**columns, "answer": 0}, row) == [
-        ("prompt", "question"),
-        ("choices", "right_answer"),
-        ("choices", "hallucinated_answer"),
-    ]
 
 
 def test_a_yaml_only_multiple_choice_task_composes_and_scores_the_first_option_right(

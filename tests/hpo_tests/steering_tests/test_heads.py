@@ -20,7 +20,7 @@ from hpo.steering.application import Application
 from hpo.steering.gates import Gate, TriggerState
 from hpo.steering.heads import head_shape, out_projection
 from hpo.steering.hooks import steer
-from tests.hpo_tests.test_architectures import (
+from tests.hpo_tests.model_tests.test_architectures import (
     FAMILIES,
     HIDDEN,
     PAD,

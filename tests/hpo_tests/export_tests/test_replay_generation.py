@@ -22,7 +22,7 @@ from hpo.model.loading import LoadedModel
 from hpo.run.tasks import load_task
 from objectives import make_objective
 from tests.conftest import compose_run
-from tests.hpo_tests.test_study import run_study
+from tests.hpo_tests.run_tests.test_study import run_study
 
 pytestmark = pytest.mark.slow
 

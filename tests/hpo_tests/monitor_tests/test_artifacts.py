@@ -1,4 +1,4 @@
-"""What the dashboard shows: the study note, the best trials' artifacts, the exposure warning."""
+"""What the dashboard shows: the study note and the best trials' artifacts."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from safetensors.torch import load_file
 
 from hpo.core.record import EXPORTED_ATTR
 from hpo.monitor.artifacts import artifact_store, is_best_so_far
-from hpo.monitor.dashboard import exposure_warning
 from hpo.monitor.note import record_export, refresh_note
-from tests.hpo_tests.test_study import run_study, tiny_run
+from tests.hpo_tests.run_tests.test_study import run_study, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +102,6 @@ def test_is_best_so_far_follows_the_direction() -> None:
     study.add_trial(optuna.trial.create_trial(value=0.5))
     assert is_best_so_far(study, 99, 0.4)
     assert not is_best_so_far(study, 99, 0.6)
-
-
-def test_only_loopback_is_quiet() -> None:
-    assert exposure_warning("127.0.0.1", 8080) is None
-    warning = exposure_warning("0.0.0.0", 8080)
-    assert warning is not None and "no authentication" in warning and "0.0.0.0:8080" in warning
 
 
 def test_the_note_tells_the_exported_bundle_its_test_interval_and_warnings(

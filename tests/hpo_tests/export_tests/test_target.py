@@ -139,7 +139,7 @@ def test_write_bundle_refuses_an_earlier_bundle_then_replaces_it_with_force(
     from hpo.core.selection import pick_trial
     from hpo.export.bundle import STEERING_JSON, load_bundle
     from hpo.export.writer import write_bundle
-    from tests.hpo_tests.test_study import run_study, tiny_run
+    from tests.hpo_tests.run_tests.test_study import run_study, tiny_run
 
     study, worker = run_study(tiny_run(tiny_model_dir, tmp_path))
     trial = pick_trial(study, None)

@@ -17,7 +17,7 @@ from hpo import ADD_MODES, AGGREGATIONS, METHODS, MODES, POSITIONS, load_bundle
 from hpo.core.selection import pick_trial
 from hpo.export.bundle import STEERING_JSON
 from hpo.export.writer import write_bundle
-from tests.hpo_tests.test_study import run_study, tiny_run
+from tests.hpo_tests.run_tests.test_study import run_study, tiny_run
 
 ALPHA = 0.7
 

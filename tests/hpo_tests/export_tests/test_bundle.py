@@ -18,7 +18,7 @@ from hpo.model.loading import LoadedModel
 from hpo.steering.application import Application
 from hpo.steering.hooks import steer
 from tests.conftest import run_readme_example, tokens
-from tests.hpo_tests.test_study import run_study, tiny_run
+from tests.hpo_tests.run_tests.test_study import run_study, tiny_run
 
 
 @pytest.fixture(scope="module")

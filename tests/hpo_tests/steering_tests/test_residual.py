@@ -18,7 +18,7 @@ from hpo.steering.application import Application
 from hpo.steering.hooks import steer
 from hpo.steering.residual import ResidualCache, SteeredAbove
 from tests.conftest import compose_run, tiny_overrides
-from tests.hpo_tests.test_architectures import FAMILIES, _build
+from tests.hpo_tests.model_tests.test_architectures import FAMILIES, _build
 
 
 def _worker(*overrides: str) -> Worker:

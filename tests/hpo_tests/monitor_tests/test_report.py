@@ -12,7 +12,7 @@ import pytest
 
 from hpo.core.record import metric_label
 from hpo.monitor.report import figures, write_report
-from tests.hpo_tests.test_study import run_study, tiny_run
+from tests.hpo_tests.run_tests.test_study import run_study, tiny_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -16,7 +16,7 @@ from hpo.core.selection import pick_trial
 from hpo.export.bundle import STEERING_JSON
 from hpo.export.writer import NothingToShip, write_bundle
 from tests.conftest import tiny_overrides
-from tests.hpo_tests.test_study import run_study, tiny_run
+from tests.hpo_tests.run_tests.test_study import run_study, tiny_run
 
 NO_EFFECT = "search_space.alpha={low: 0.0, high: 0.0}"
 
