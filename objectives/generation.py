@@ -181,7 +181,7 @@ class Generation:
             if report is not None:
                 report(step, sum(done) / len(done), {i: per_item[i] for i in batch})
         counts = {f"n_{s}": statuses.count(s) for s in STATUSES if s != "ok"}
-        # Seed 003's token count: generated tokens before EOS or a stop string, per prompt.
+        # CREST's token count: generated tokens before EOS or a stop string, per prompt.
         tokens = [float(len(c)) for c in continuations]
         return ScoreResult(
             sum(per_item) / len(per_item),
