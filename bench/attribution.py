@@ -108,7 +108,7 @@ def regenerate(layers: list[int] | None = None, alphas: tuple[float, ...] = ALPH
             feasible = all(v <= 0 for v in result.extras.get("constraints", {}).values())
             change = ""
             if alpha == alphas[0]:
-                vector = worker.builder.vector("caa", "mean", layer, "relative")
+                vector = worker.planner.builder.vector("caa", "mean", layer, "relative")
                 with steer(
                     loaded.model,
                     loaded.blocks,

@@ -6,7 +6,7 @@ The demo setting (`experiment=demo`: SmolLM2-135M-Instruct, 20 validation prompt
 tokens, sentiment scorer). Every round runs each variant once, in a fresh random order, so load
 drift hits all alike; only the per-round ratios are compared.
 
-- hpo trial: a real trial on the worker path (`SteeringObjective`, SQLite study), guards
+- hpo trial: a real trial on the worker path (`TrialRunner`, SQLite study), guards
   included (KL on 12 neutral prompts, fluency constraints), `positions: prompt_end_onward` so
   the prompt prefix is reused.
 - hpo generation: the trial's steered generation alone (with and without the reused prefix).
@@ -118,7 +118,7 @@ def main(quick: bool = False) -> None:
     """Run every variant in interleaved rounds; print and record the ratios."""
     from hpo.model.decoding import generate_ids
     from hpo.run.study import check_config, open_study, prepare_worker
-    from hpo.run.trial import SteeringObjective
+    from hpo.run.trial import TrialRunner
     from hpo.steering.hooks import steer
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -134,7 +134,7 @@ def main(quick: bool = False) -> None:
         worker = prepare_worker(cfg, task)
         setup = time.perf_counter() - started
         study = open_study(cfg)
-        objective = SteeringObjective(worker)
+        runner = TrialRunner(worker)
         plan = worker.plan({**PARAMS, "method": "caa"})
         loaded, prepared = worker.loaded, worker.validation
         readme, batched = PeerLoop(worker, task.train, False), PeerLoop(worker, task.train, True)
@@ -149,7 +149,7 @@ def main(quick: bool = False) -> None:
             for spy in spies:
                 spy.start()
             try:
-                study.optimize(objective, n_trials=1)
+                study.optimize(runner, n_trials=1)
             finally:
                 for spy in spies:
                     spy.stop()

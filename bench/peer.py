@@ -85,7 +85,7 @@ def same_tokens(worker: Any, train_rows: list[Any]) -> bool:
 def main(quick: bool = False) -> None:
     """Run both loops on the same params, interleaved; print and record the ratio."""
     from hpo.run.study import check_config, open_study, prepare_worker
-    from hpo.run.trial import SteeringObjective
+    from hpo.run.trial import TrialRunner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     train, validation, n = (4, 2, 2) if quick else (8, 6, 4)
@@ -98,12 +98,12 @@ def main(quick: bool = False) -> None:
         ours_study = open_study(cfg)
         peer = PeerLoop(worker, task.train)
         peer_study = optuna.create_study(direction="maximize")
-        ours_objective = SteeringObjective(worker)
+        ours_runner = TrialRunner(worker)
         times: dict[str, list[float]] = {"peer": [], "hpo": []}
         for params in trial_params(n):
             full = {**params, "aggregation": "last", "method": "caa", "positions": "all"}
             times["peer"].append(_one_trial(peer_study, peer, params))
-            times["hpo"].append(_one_trial(ours_study, ours_objective, full))
+            times["hpo"].append(_one_trial(ours_study, ours_runner, full))
         ours_trials = ours_study.get_trials()
         diffs = [
             abs(float(a.value or 0) - float(b.value or 0))
@@ -123,7 +123,7 @@ def main(quick: bool = False) -> None:
         f"letter-balanced), {validation} validation items ({len(worker.validation.variants)} "
         f"scored prompts); CAA at one layer, absolute alpha, `positions: all`; {n} trials at the "
         "same random (layer, alpha) points, peer and hpo interleaved. hpo runs its shipped worker "
-        "path (SQLite study, `SteeringObjective`); the peer loop an in-memory Optuna study around "
+        "path (SQLite study, `TrialRunner`); the peer loop an in-memory Optuna study around "
         "`steering_vectors.train_steering_vector` (its default batch size 1) and "
         "`SteeringVector.apply`, scoring with the same letter-balanced scorer.",
         "",

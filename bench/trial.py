@@ -48,6 +48,7 @@ def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 def breakdown(worker: Any, cfg: Any, n: int) -> tuple[list[str], dict[str, list[float]]]:
     """Run `n` real trials (TPE, SQLite) and split each one's wall time into phases."""
     import hpo.run.trial
+    from hpo.core.record import TIME_SCORE_ATTR, TIME_VECTOR_ATTR
     from hpo.run.study import open_study
     from hpo.steering.application import Application
     from hpo.steering.hooks import steer
@@ -64,14 +65,14 @@ def breakdown(worker: Any, cfg: Any, n: int) -> tuple[list[str], dict[str, list[
             spent["suggest"] = time.perf_counter() - started
 
     rows: dict[str, list[list[float]]] = {}
-    objective = hpo.run.trial.SteeringObjective(worker)
+    runner = hpo.run.trial.TrialRunner(worker)
     with mock.patch.object(hpo.run.trial, "suggest", timed_suggest):
         for _ in range(n):
             started = time.perf_counter()
-            study.optimize(objective, n_trials=1)
+            study.optimize(runner, n_trials=1)
             wall = time.perf_counter() - started
             t = study.trials[-1]
-            vector, score = t.user_attrs["time_vector_s"], t.user_attrs["time_score_s"]
+            vector, score = t.user_attrs[TIME_VECTOR_ATTR], t.user_attrs[TIME_SCORE_ATTR]
             rest = wall - spent["suggest"] - vector - score
             rows.setdefault(t.params["positions"], []).append(
                 [spent["suggest"], vector, score, rest, wall]
@@ -85,7 +86,7 @@ def breakdown(worker: Any, cfg: Any, n: int) -> tuple[list[str], dict[str, list[
 
     hook = interleaved({"hook": install}, 200)["hook"]
     lines = [
-        f"{n} real trials (TPE, SQLite study, `SteeringObjective`), split by positions. Hook "
+        f"{n} real trials (TPE, SQLite study, `TrialRunner`), split by positions. Hook "
         f"install + removal (`steer` enter/exit, measured apart, 200 times): "
         f"{statistics.median(hook) * 1e6:.0f} us; it is inside 'scoring' for "
         "`prompt_end_onward`, and `all` trials take the block-output path, which installs none.",

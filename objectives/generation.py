@@ -220,7 +220,7 @@ class Generation:
 
     def _result(self, acc: _Continuations, refs: list[str | None]) -> ScoreResult:
         counts = {f"n_{s}": acc.statuses.count(s) for s in STATUSES if s != "ok"}
-        # The token count: generated tokens before EOS or a stop string, per prompt.
+        # CREST's token count: generated tokens before EOS or a stop string, per prompt.
         tokens = [float(len(c)) for c in acc.continuations]
         return ScoreResult(
             sum(acc.per_item) / len(acc.per_item),

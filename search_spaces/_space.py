@@ -5,10 +5,11 @@ direction and has no strength to search), so TPE should run with `group=True`. T
 hold only what was sampled; `resolve` completes them (defaults of absent dimensions, derived
 params) and is the one function a trial and an export both call, so a bundle replays the trial.
 
-Seed 003's dimensions are sampled only when the space asks for them (a space without them samples
-exactly as before): `site` first (`residual` or `heads`); a heads trial samples `head_ratio` (or
-`heads_top_k`), `head_point` and `head_mode` instead of layer, window, method and mode. The gates
-(`trigger`, `probe_gate` and its `gate_threshold`) apply to both sites.
+The head-steering (CREST) and gate dimensions are sampled only when the space asks for them (a
+space without them samples exactly as before): `site` first (`residual` or `heads`); a heads
+trial samples `head_ratio` (or `heads_top_k`), `head_point` and `head_mode` instead of layer,
+window, method and mode. The gates (`trigger`, `probe_gate` and its `gate_threshold`) apply to
+both sites.
 """
 
 from __future__ import annotations

@@ -10,15 +10,11 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.core.placement import PLACEMENT_ATTRS
+from hpo.core.record import DEVICE_ATTR, FAIL_REASON_ATTR
+
 # Attributes that describe the dead attempt, not the trial to retry.
-PER_ATTEMPT = {
-    "fail_reason",
-    "worker",
-    "device",
-    "slurm_job_id",
-    "slurm_array_job_id",
-    "slurm_array_task_id",
-}
+PER_ATTEMPT = {FAIL_REASON_ATTR, DEVICE_ATTR, *PLACEMENT_ATTRS}
 
 
 class RetryStaleTrial:

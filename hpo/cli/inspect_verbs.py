@@ -46,7 +46,7 @@ def report(raw: DictConfig, args: Sequence[str] = ()) -> int:
 
 
 def layers(raw: DictConfig, args: Sequence[str] = ()) -> int:
-    """`hpo layers`: each layer's attribution-patching effect (seed 002) on the task's train
+    """`hpo layers`: each layer's attribution-patching effect on the task's train
     pairs, as a table, a plot and JSON under `<output_dir>/layers/`; no study is made.
 
     The vectors and positions are those `search_space.layer_selection` ranks a study with.

@@ -4,7 +4,8 @@ registry).
 Every method reads the activation cache (`[pairs, H]` per layer and aggregation), so building a
 trial's vector takes milliseconds and never re-runs the model:
 
-- `caa`: mean(positive) - mean(negative).
+- `caa`: mean(positive) - mean(negative) (contrastive activation addition: Rimsky et al.,
+  "Steering Llama 2 via Contrastive Activation Addition", ACL 2024).
 - `pca`: first principal component of the centred paired differences, sign-aligned with the
   mean difference; its raw size is the mean difference's component along it.
 - `probe`: the weight of a logistic regression separating positive from negative activations

@@ -1,19 +1,24 @@
 """The study record: what a study stores about itself and its trials, read by everything else.
 
-The trial loop writes it; export, status, report, note, artifacts and the dashboard read it
-through these names only. Feasibility is what Optuna keeps in each trial's constraints
-(feasible when every value is <= 0). `record_constraints` writes them twice: by name (Optuna 5's
-`set_constraint`) and as the list optuna-dashboard reads (the `constraints` system attribute,
-which Optuna also still reads), so the dashboard marks infeasible trials and leaves them out of
-its best-value line. The `feasible` user attribute mirrors it for the trial table.
+The trial loop writes it through the writers below (`TrialRecord`, `record_*`); export, status,
+report, note, artifacts and the dashboard read it through these names only. Feasibility is what
+Optuna keeps in each trial's constraints (feasible when every value is <= 0).
+`record_constraints` writes them twice: by name (Optuna 5's `set_constraint`) and as the list
+optuna-dashboard reads (the `constraints` system attribute, which Optuna also still reads), so
+the dashboard marks infeasible trials and leaves them out of its best-value line. The `feasible`
+user attribute mirrors it for the trial table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from hpo.core.objective_metrics import SCORE
 
 # Study attributes.
 CONFIG_ATTR = "hpo_config"
@@ -34,6 +39,28 @@ PROMPTED_ATTR = "prompted_baseline"
 PROMPTING_ATTR = "prompting"
 METRICS_ATTR = "metrics"
 FEASIBLE_ATTR = "feasible"
+# Per attempt (a retry records its own): the device it ran on, and why it failed.
+DEVICE_ATTR = "device"
+FAIL_REASON_ATTR = "fail_reason"
+# What a scored trial records about itself (`TrialRecord`).
+TIME_VECTOR_ATTR = "time_vector_s"
+TIME_SCORE_ATTR = "time_score_s"
+VECTOR_NORM_ATTR = "vector_norm"
+LAYERS_ATTR = "layers"
+ACCURACY_ATTR = "accuracy"
+# What the plan's build found (`hpo.run.planner.Plan.info`): the mean held-out accuracy of the
+# probes it used, and how many heads a site-heads trial steers.
+PROBE_ACCURACY_ATTR = "probe_accuracy"
+HEADS_STEERED_ATTR = "heads_steered"
+# The score of uniform answers (choice kinds); the study's own is `hpo.core.chance.CHANCE_ATTR`.
+TRIAL_CHANCE_ATTR = "chance"
+DELTA_BASELINE_ATTR = "delta_vs_baseline"
+DELTA_PROMPTED_ATTR = "delta_vs_prompted"
+# Key prefixes: derived params (`derived.layer_alpha`), per-letter scores of choice kinds
+# (`letter_A`) and each side metric's difference from the baseline's (`delta_kl`).
+DERIVED_PREFIX = "derived."
+LETTER_PREFIX = "letter_"
+DELTA_PREFIX = "delta_"
 
 # What each objective kind / scorer measures, for axis labels and Optuna's metric name.
 METRIC_LABELS = {
@@ -78,6 +105,160 @@ def record_constraints(trial: optuna.Trial, constraints: dict[str, float]) -> No
     for name, value in zip(sorted(constraints), values, strict=True):
         trial.set_constraint(name, value)
     trial.storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS_KEY, values)
+
+
+def meets(constraints: Mapping[str, float] | None) -> bool:
+    """Whether constraint values are met (every one <= 0; none: met)."""
+    return all(v <= 0 for v in (constraints or {}).values())
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What a scored trial records about itself, as plain values (`write` rounds them).
+
+    Attributes:
+        time_vector_s: seconds spent building the trial's steering (its `Plan`).
+        time_score_s: seconds spent scoring the validation split.
+        vector_norm: the norm of the first steered vector at alpha = 1.
+        layers: the steered layers.
+        derived: derived params (`search_space.derived`), by name.
+        info: scalars about the built steering (`probe_accuracy`, `heads_steered`).
+        per_letter: choice kinds' score per correct letter.
+        fluency: generation kinds' fluency measures, by name.
+        counts: counted events (`n_unparsed`: answers that could not be read).
+        accuracy: multiple choice's accuracy (None: not measured).
+        chance: choice kinds' score of uniform answers (None: no chance level).
+        constraints: constraint values, feasible when all are <= 0 (None: unconstrained).
+    """
+
+    time_vector_s: float
+    time_score_s: float
+    vector_norm: float
+    layers: list[int]
+    derived: Mapping[str, Any] = field(default_factory=dict)
+    info: Mapping[str, float] = field(default_factory=dict)
+    per_letter: Mapping[str, float] = field(default_factory=dict)
+    fluency: Mapping[str, float] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    accuracy: float | None = None
+    chance: float | None = None
+    constraints: Mapping[str, float] | None = None
+
+    def write(self, trial: optuna.Trial) -> None:
+        """Write the record into the trial's user attributes (and its constraints)."""
+        trial.set_user_attr(TIME_VECTOR_ATTR, round(self.time_vector_s, 6))
+        trial.set_user_attr(TIME_SCORE_ATTR, round(self.time_score_s, 4))
+        trial.set_user_attr(VECTOR_NORM_ATTR, round(self.vector_norm, 4))
+        trial.set_user_attr(LAYERS_ATTR, sorted(self.layers))
+        for name, value in self.derived.items():
+            trial.set_user_attr(f"{DERIVED_PREFIX}{name}", value)
+        for name, value in self.info.items():
+            trial.set_user_attr(name, round(value, 6))
+        for letter, value in self.per_letter.items():
+            trial.set_user_attr(f"{LETTER_PREFIX}{letter}", round(value, 6))
+        for name, value in self.fluency.items():
+            trial.set_user_attr(name, round(value, 4))
+        for name, count in self.counts.items():
+            trial.set_user_attr(name, int(count))
+        if self.accuracy is not None:
+            trial.set_user_attr(ACCURACY_ATTR, round(float(self.accuracy), 6))
+        if self.chance is not None:
+            trial.set_user_attr(TRIAL_CHANCE_ATTR, round(float(self.chance), 6))
+        if self.constraints is not None:
+            # Optuna's constrained optimization: samplers favour feasible trials (all <= 0).
+            record_constraints(trial, dict(self.constraints))
+            trial.set_user_attr(FEASIBLE_ATTR, meets(self.constraints))
+
+
+def record_placement(trial: optuna.Trial, where: Mapping[str, str], device: str) -> None:
+    """Where this attempt runs (`hpo.core.placement`) and on which device."""
+    for key, value in where.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr(DEVICE_ATTR, device)
+
+
+def record_failure(trial: optuna.Trial, reason: str) -> None:
+    """Why this attempt failed, for `hpo status`."""
+    trial.set_user_attr(FAIL_REASON_ATTR, reason)
+
+
+def record_prompting(trial: optuna.Trial, prompting: str) -> None:
+    """The prompt the trial is scored with (`hpo.core.prompting`)."""
+    trial.set_user_attr(PROMPTING_ATTR, prompting)
+
+
+def record_metrics(trial: optuna.Trial, named: Mapping[str, float]) -> None:
+    """Every named metric of a trial, at full precision (export rules compare them)."""
+    trial.set_user_attr(METRICS_ATTR, dict(named))
+
+
+def record_reference(
+    study: optuna.Study,
+    prompted: bool,
+    value: float,
+    named: Mapping[str, float],
+    constraints: Mapping[str, float] | None = None,
+) -> None:
+    """A reference trial's value and metrics as study attributes: the unsteered baseline's, or
+    (`prompted`) the prompted baseline's with whether it met the constraints (if any)."""
+    if prompted:
+        study.set_user_attr(PROMPTED_VALUE_ATTR, value)
+        study.set_user_attr(PROMPTED_METRICS_ATTR, dict(named))
+        if constraints is not None:
+            study.set_user_attr(PROMPTED_FEASIBLE_ATTR, meets(constraints))
+    else:
+        study.set_user_attr(BASELINE_VALUE_ATTR, value)
+        study.set_user_attr(BASELINE_METRICS_ATTR, dict(named))
+
+
+@dataclass(frozen=True)
+class Deltas:
+    """A trial's main value against the references (None: that reference has not run yet)."""
+
+    baseline: float | None
+    prompted: float | None
+
+
+def record_deltas(
+    trial: optuna.Trial, named: Mapping[str, float], value: float, prompted: bool
+) -> Deltas:
+    """Write a trial's differences from the references the study holds so far: each side
+    metric's (`delta_<name>`), the main value's vs the baseline and (steered and unsteered
+    trials, not the prompted baseline itself) vs the prompted baseline."""
+    study = trial.study
+    base_metrics = study.user_attrs.get(BASELINE_METRICS_ATTR) or {}
+    for name, metric in named.items():
+        if name != SCORE and name in base_metrics:
+            trial.set_user_attr(f"{DELTA_PREFIX}{name}", round(metric - base_metrics[name], 6))
+    baseline = study.user_attrs.get(BASELINE_VALUE_ATTR)
+    delta = None if baseline is None else value - baseline
+    if delta is not None:
+        trial.set_user_attr(DELTA_BASELINE_ATTR, round(delta, 6))
+    reference = study.user_attrs.get(PROMPTED_VALUE_ATTR)
+    vs_prompted = None if reference is None or prompted else value - reference
+    if vs_prompted is not None:
+        trial.set_user_attr(DELTA_PROMPTED_ATTR, round(vs_prompted, 6))
+    return Deltas(delta, vs_prompted)
+
+
+def _prefixed(attrs: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix) :]: v for k, v in attrs.items() if k.startswith(prefix)}
+
+
+def per_letter(trial: FrozenTrial) -> dict[str, float]:
+    """A choice trial's recorded score per correct letter (`{"A": 0.61, "B": 0.58}`)."""
+    return _prefixed(trial.user_attrs, LETTER_PREFIX)
+
+
+def derived_values(trial: FrozenTrial) -> dict[str, Any]:
+    """A trial's recorded derived params, by name."""
+    return _prefixed(trial.user_attrs, DERIVED_PREFIX)
+
+
+def metric_deltas(trial: FrozenTrial) -> dict[str, float]:
+    """Each side metric's recorded difference from the baseline's, by metric name."""
+    skip = {DELTA_BASELINE_ATTR, DELTA_PROMPTED_ATTR}
+    return _prefixed({k: v for k, v in trial.user_attrs.items() if k not in skip}, DELTA_PREFIX)
 
 
 def named_constraints(trial: FrozenTrial) -> dict[str, float]:

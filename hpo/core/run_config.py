@@ -42,7 +42,7 @@ class ModelConfig:
 
 @dataclass
 class ModelDiffConfig:
-    """The finetuned model of method `model_diff` (seed 001): mean(finetuned) - mean(base).
+    """The finetuned model of method `model_diff` (model diffing): mean(finetuned) - mean(base).
 
     It runs on the same train pairs as `model`, with the same dtype and device; its activations
     are cached under their own content hash. `name_or_path: null` = no second model.

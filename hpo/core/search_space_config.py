@@ -35,7 +35,7 @@ _SELECTION_ACTIONS = {"none": (False, False), "narrow": (False, True), "enqueue"
 
 @dataclass
 class LayerSelectionConfig:
-    """Attribution-patching layer choice (seed 002, `hpo layers`): before the first trial, each
+    """Attribution-patching layer choice (`hpo layers`): before the first trial, each
     layer's first-order effect of its vector on the train pairs' log-odds ranks the layers.
 
     `mode`: `none`; `narrow` (the layer range becomes the `top_k`-wide window of the highest
@@ -72,7 +72,7 @@ class SearchSpaceConfig:
     `layers` is the first steered layer and `window` how many consecutive layers from it are
     steered; `layer_sets` (when non-empty) replaces both with a choice among explicit sets.
     `derived` names sympy expressions of `alpha`, `layer` and `window`; `layer_alpha` is the
-    alpha each steered layer gets (seed 002's `alpha / window` by default).
+    alpha each steered layer gets (`alpha / window` by default: the layers share alpha).
     """
 
     layers: IntRange = field(default_factory=IntRange)
@@ -87,8 +87,9 @@ class SearchSpaceConfig:
     derived: dict[str, str] = field(default_factory=lambda: {"layer_alpha": "alpha / window"})
     # Attribution-patching layer choice before the first trial (`hpo layers` shows it).
     layer_selection: LayerSelectionConfig = field(default_factory=LayerSelectionConfig)
-    # Seed 003: `site: [residual, heads]`; heads are the top `head_ratio` of all heads by probe
-    # accuracy (or the top `heads_top_k`), steered before or after the output projection.
+    # CREST's head steering: `site: [residual, heads]`; heads are the top `head_ratio` of all
+    # heads by probe accuracy (or the top `heads_top_k`), steered before or after the output
+    # projection.
     site: list[str] = field(default_factory=lambda: ["residual"])
     head_ratio: FloatRange = field(default_factory=lambda: FloatRange(0.38, 0.38))
     heads_top_k: IntRange | None = None

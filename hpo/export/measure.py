@@ -17,13 +17,19 @@ from hpo.core.chance import CHANCE_BIAS_ATTR, chance_report
 from hpo.core.errors import UserError
 from hpo.core.objective_metrics import metric_values
 from hpo.core.prompting import INSTRUCTION, NONE
-from hpo.core.record import BASELINE_METRICS_ATTR, BASELINE_VALUE_ATTR, PROMPTED_VALUE_ATTR
+from hpo.core.record import (
+    BASELINE_METRICS_ATTR,
+    BASELINE_VALUE_ATTR,
+    PROMPTED_VALUE_ATTR,
+    per_letter,
+)
 from hpo.core.selection import values_of
 from hpo.core.stats import bootstrap_diff_ci, shows_gain
 from hpo.export.against_prompting import steerability, vs_prompting
 from hpo.model.decoding import complete_each
+from hpo.run.planner import Plan
 from hpo.run.tasks import load_task
-from hpo.run.worker import Plan, Worker
+from hpo.run.worker import Worker
 from hpo.steering.hooks import steer
 from objectives import ScoreResult
 from search_spaces import PROMPTING_PARAM
@@ -124,9 +130,7 @@ def measure(
     steered = worker.score(plan, prepared, split="test")
     seed = worker.cfg.study.seed
     lo, hi = bootstrap_diff_ci(steered.per_item, baseline.per_item, seed=seed)
-    per_letter_val = {
-        k[len("letter_") :]: v for k, v in trial.user_attrs.items() if k.startswith("letter_")
-    }
+    per_letter_val = per_letter(trial)
     test_letters = {"steered": steered.per_letter, "baseline": baseline.per_letter}
     warnings = honesty_warnings(lo, hi, test_letters)
     chance = chance_report(
@@ -255,7 +259,7 @@ def replay_samples(
     return samples
 
 
-def everywhere(worker: Worker, plan: Plan, test: TestSplit) -> dict[str, Any]:
+def measure_every_position(worker: Worker, plan: Plan, test: TestSplit) -> dict[str, Any]:
     """The winner scored on the test split with the vector at every position (`positions: all`).
 
     That is what llama.cpp's control vector does, whatever positions the study chose: its

@@ -34,7 +34,7 @@ class BundleError(UserError):
 
 
 def vector_relpath(trait: str) -> str:
-    """Where a trait's vectors live inside a bundle (seed 000's layout).
+    """Where a trait's vectors live inside a bundle (as in wisent-ai's CAA bundles on the Hub).
 
     Raises:
         BundleError: `trait` is not a plain name (it would place the file outside the bundle).

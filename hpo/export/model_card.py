@@ -1,4 +1,5 @@
-"""The bundle's README.md: a model card with YAML front matter, like seed 000's."""
+"""The bundle's README.md: a model card with YAML front matter, like the Hub's steering bundles
+(e.g. wisent-ai/qwen2.5-math-7b-wisent-caa)."""
 
 from __future__ import annotations
 
@@ -205,7 +206,7 @@ def _what_is_steered(meta: dict[str, Any], layers: str, mode: str, per_layer: st
         n = sum(len(v) for v in app["heads"].values())
         point = "before" if app["head_point"] == "pre_o_proj" else "after"
         text = (
-            f"It steers {n} attention heads (seed 003, CREST), each along its own direction, "
+            f"It steers {n} attention heads (CREST-style), each along its own direction, "
             f"{point} the attention output projection, in mode `{mode}` with coefficient "
             f"{meta['alpha']:.4f} ({meta['alpha_scale']} scale), {positions}. Heads: {heads}."
         )

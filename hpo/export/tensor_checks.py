@@ -1,5 +1,5 @@
 """Check a bundle's tensors: every tensor a finite vector of the model's hidden size, named
-`layer.<L>`, or for head and gated steering (seed 003) `head.<L>.<H>` (`[head_dim]`), the probe
+`layer.<L>`, or for head and gated steering (CREST-style) `head.<L>.<H>` (`[head_dim]`), the probe
 gate's `gate.<unit>.weight` / `gate.<unit>.bias` (unit `<L>` or `<L>.<H>`) and the trigger
 gate's token ids `trigger.ids`. Each failure is a `BundleError`: one line naming the rule and
 the value.

@@ -6,7 +6,7 @@ bundle; every tensor must be a finite vector of the model's hidden size, named `
 number (alpha, per-layer scales, generation budget) must be finite and in range. Each failure is
 a `BundleError`: one line naming the rule and the value.
 
-Head and gated steering (seed 003) add tensors to the same file: `head.<L>.<H>` (head `H`'s
+Head and gated steering (CREST-style) add tensors to the same file: `head.<L>.<H>` (head `H`'s
 vector, `[head_dim]`, instead of `layer.<L>`), the probe gate's `gate.<unit>.weight` /
 `gate.<unit>.bias` (unit `<L>` or `<L>.<H>`) and the trigger gate's token ids `trigger.ids`.
 

@@ -27,7 +27,13 @@ from hpo.core.version import __version__
 from hpo.export.bundle import SCHEMA_VERSION, STEERING_JSON, sha256_file, vector_relpath
 from hpo.export.control_vector import FILENAME as CONTROL_VECTOR
 from hpo.export.control_vector import ControlVectorError, model_hint, write_control_vector
-from hpo.export.measure import TestSplit, everywhere, measure, no_gain_reason, prompting_of
+from hpo.export.measure import (
+    TestSplit,
+    measure,
+    measure_every_position,
+    no_gain_reason,
+    prompting_of,
+)
 from hpo.export.model_card import model_card
 from hpo.export.target import check_target, protected_paths, publish, staging_dir
 from hpo.export.verify import RECORD_SHA256, bundle_tensors, record_digest
@@ -287,7 +293,7 @@ def write_bundle(
         steps = {layer: app.layer_alpha(layer) * v for layer, v in vectors.items()}
         meta["control_vector"] = _control_vector(tmp, meta, steps)
         if meta["control_vector"]["file"] and not app.positions_rule.every:
-            measured = everywhere(worker, plan, test)
+            measured = measure_every_position(worker, plan, test)
             meta["control_vector"]["measured"] = measured
             if not measured["feasible"]:
                 metrics["warnings"].append(

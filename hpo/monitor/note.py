@@ -8,11 +8,18 @@ from typing import Any
 
 import optuna
 
+from hpo.core.placement import WORKER_ATTR
 from hpo.core.record import (
     BASELINE_VALUE_ATTR,
     CONFIG_ATTR,
+    DELTA_BASELINE_ATTR,
+    DEVICE_ATTR,
     EXPORTED_ATTR,
+    FEASIBLE_ATTR,
     PROMPTED_VALUE_ATTR,
+    TIME_SCORE_ATTR,
+    TIME_VECTOR_ATTR,
+    VECTOR_NORM_ATTR,
     format_params,
     summary,
 )
@@ -161,8 +168,9 @@ positions {space["positions"]} |
 | baseline | {_fmt(baseline)} |
 {prompted_row}| best so far | {best_line} |
 
-User attributes of each trial: `delta_vs_baseline`, `vector_norm`, `time_score_s`,
-`time_vector_s`, `worker`, `device` (and `feasible` plus fluency measures for generation tasks).
+User attributes of each trial: `{DELTA_BASELINE_ATTR}`, `{VECTOR_NORM_ATTR}`, `{TIME_SCORE_ATTR}`,
+`{TIME_VECTOR_ATTR}`, `{WORKER_ATTR}`, `{DEVICE_ATTR}` (and `{FEASIBLE_ATTR}` plus fluency \
+measures for generation tasks).
 
 ## Ship it
 

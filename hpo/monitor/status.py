@@ -10,6 +10,8 @@ from optuna.trial import TrialState
 
 from hpo.core.placement import describe
 from hpo.core.record import (
+    DEVICE_ATTR,
+    FAIL_REASON_ATTR,
     PROMPTED_FEASIBLE_ATTR,
     format_params,
     is_baseline,
@@ -82,12 +84,12 @@ def render_status(study: optuna.Study, url: str) -> str:
             age = now - t.datetime_start.timestamp() if t.datetime_start else 0.0
             lines.append(
                 f"running   trial {t.number} on {describe(t.user_attrs)} "
-                f"({t.user_attrs.get('device', '?')}) "
+                f"({t.user_attrs.get(DEVICE_ATTR, '?')}) "
                 f"for {age:.0f}s  {format_params(t.params)}"
             )
         elif t.state == TrialState.FAIL:
-            reason = t.user_attrs.get("fail_reason") or t.system_attrs.get(
-                "fail_reason", "no reason recorded (worker died?)"
+            reason = t.user_attrs.get(FAIL_REASON_ATTR) or t.system_attrs.get(
+                FAIL_REASON_ATTR, "no reason recorded (worker died?)"
             )
             lines.append(f"failed    trial {t.number}: {reason}")
     retries = [

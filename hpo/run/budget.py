@@ -19,13 +19,14 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from hpo.core.errors import TrialFailure, UserError
-from hpo.core.record import BASELINE_ATTR, PROMPTED_ATTR
+from hpo.core.record import BASELINE_ATTR, FAIL_REASON_ATTR, PROMPTED_ATTR, record_failure
 from storage import RetryStaleTrial, rdb_of, trials_without_heartbeat
 
 log = logging.getLogger(__name__)
 
-# A trial's result: one value, or one per objective of a multi-objective study.
-Objective = Callable[[optuna.Trial], float | Sequence[float]]
+# What `study.optimize` calls per trial (`hpo.run.trial.TrialRunner`): one value, or one per
+# objective of a multi-objective study.
+TrialFunction = Callable[[optuna.Trial], float | Sequence[float]]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CLAIMING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -90,7 +91,7 @@ def _fail_unborn(study: optuna.Study, now: float) -> None:
         del _UNBORN[(name, trial_id)]
         storage = study._storage  # through Optuna's cache, which holds the trial too
         try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", UNBORN_REASON)
+            storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, UNBORN_REASON)
             if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -114,8 +115,10 @@ def _retry_baseline(trial: optuna.Trial) -> None:
     log.info("baseline trial %d interrupted: enqueued again", trial.number)
 
 
-def budgeted(objective: Objective, n_trials: int, taken: list[int] | None = None) -> Objective:
-    """Wrap an objective so a trial created past the budget fails before doing any work.
+def budgeted(
+    function: TrialFunction, n_trials: int, taken: list[int] | None = None
+) -> TrialFunction:
+    """Wrap a trial function so a trial created past the budget fails before doing any work.
 
     `taken` collects the numbers of trials another worker finished while this one ran them
     (`run_trials` then discards their result instead of crashing).
@@ -124,15 +127,15 @@ def budgeted(objective: Objective, n_trials: int, taken: list[int] | None = None
     def run(trial: optuna.Trial) -> float | Sequence[float]:
         try:
             check_claim(trial.study, trial.number, n_trials)
-            value = objective(trial)
+            value = function(trial)
         except OverBudget as e:
             log.info("trial %d not run: %s (another worker won the race)", trial.number, e)
-            trial.set_user_attr("fail_reason", str(e))
+            record_failure(trial, str(e))
             raise TrialFailure(str(e)) from e
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM turned into one by the CLI
             reason = f"worker stopped ({str(e) or 'Ctrl-C'})"
             log.warning("trial %d failed: %s", trial.number, reason)
-            trial.set_user_attr("fail_reason", reason)
+            record_failure(trial, reason)
             if trial.user_attrs.get(BASELINE_ATTR) or trial.user_attrs.get(PROMPTED_ATTR):
                 _retry_baseline(trial)
             raise
@@ -149,7 +152,7 @@ def budgeted(objective: Objective, n_trials: int, taken: list[int] | None = None
 
 def run_trials(
     study: optuna.Study,
-    objective: Objective,
+    function: TrialFunction,
     n_trials: int,
     max_consecutive_failures: int = 10,
 ) -> None:
@@ -171,7 +174,7 @@ def run_trials(
             study.stop()
 
     taken: list[int] = []
-    wrapped = budgeted(objective, n_trials, taken)
+    wrapped = budgeted(function, n_trials, taken)
     while wait_for_others(study, n_trials):
         if failures >= max_consecutive_failures:
             raise UserError(

@@ -1,4 +1,4 @@
-"""Layer choice by attribution patching (seed 002): rank the layers before the first trial.
+"""Layer choice by attribution patching: rank the layers before the first trial.
 
 Each layer's vector (the space's first method and aggregation, as the trials build it) gets its
 first-order effect on the train pairs' log-odds (`hpo.steering.attribution`). A layer's
@@ -129,7 +129,7 @@ def rank_layers(worker: Worker, train: list[dict[str, Any]] | None = None) -> La
     method, aggregation, positions = space.method[0], space.aggregation[0], space.positions[0]
     n_layers = worker.loaded.shape.num_layers
     vectors = {
-        layer: worker.builder.vector(method, aggregation, layer, space.alpha_scale)
+        layer: worker.planner.builder.vector(method, aggregation, layer, space.alpha_scale)
         for layer in range(n_layers)
     }
     kind = cfg.task.objective.kind
@@ -179,18 +179,18 @@ def narrowed(space: SearchSpaceConfig, record: dict[str, Any]) -> SearchSpaceCon
     return dataclasses.replace(space, layers=IntRange(low, high, space.layers.step))
 
 
-def select_layers(study: optuna.Study, worker: Worker) -> dict[str, Any] | None:
+def select_layers(study: optuna.Study, worker: Worker) -> SearchSpaceConfig:
     """Apply `search_space.layer_selection` to a study before its trials run.
 
     The ranking is computed by the first worker and stored in the study; `enqueue` adds its
-    trials then, `narrow` narrows this worker's space (every worker reads the same record).
-    Returns the record (None when the selection is `none`).
+    trials then, `narrow` narrows the space this worker's trials sample (every worker reads the
+    same record). Returns the space the trials sample: the worker's own unless narrowed.
     """
     space = worker.cfg.search_space
     selection = space.layer_selection
     enqueue, narrow = selection.enqueues, selection.narrows
     if not (enqueue or narrow):
-        return None
+        return space
     record = study.user_attrs.get(SELECTION_ATTR)
     if record is None:
         ranking = rank_layers(worker)
@@ -205,6 +205,4 @@ def select_layers(study: optuna.Study, worker: Worker) -> dict[str, Any] | None:
             record["top"],
             record["window"],
         )
-    if narrow:
-        worker.cfg = dataclasses.replace(worker.cfg, search_space=narrowed(space, record))
-    return dict(record)
+    return narrowed(space, record) if narrow else space

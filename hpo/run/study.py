@@ -44,7 +44,7 @@ from hpo.run.study_record import (
     stored_config,
 )
 from hpo.run.tasks import TaskSplits, load_task
-from hpo.run.trial import Publish, SteeringObjective
+from hpo.run.trial import Publish, TrialRunner
 from hpo.run.worker import Worker
 from hpo.steering.activations import ActivationCache, load_or_build
 from objectives import check_rows, check_task, make_objective
@@ -100,14 +100,8 @@ def prepare_worker(
     finetuned = None
     if "model_diff" in cfg.search_space.method:
         finetuned = finetuned_cache(cfg, pairs)
-    worker = Worker(cfg, loaded, objective, cache, None, finetuned)
-    column = cfg.task.columns.get("prompt")
-    if column:
-        worker.prompts = [str(row[column]) for row in task.validation]
-    worker.validation_rows = list(task.validation)
-    if validation:
-        worker.validation = worker.prepare(task.validation)
-    return worker
+    rows = list(task.validation) if validation else None
+    return Worker(cfg, loaded, objective, cache, rows, finetuned)
 
 
 def finetuned_cache(cfg: RunConfig, pairs: list[Any]) -> ActivationCache:
@@ -181,6 +175,7 @@ def run_trials(
     """Run steering trials until the study has `n_trials` finished ones (see `hpo.run.budget`);
     `publish` sees every completed trial (the CLI's `hpo.monitor.publisher.Publisher`)."""
     with _storage_errors(storage_url(worker.cfg)):  # the server lost mid-study: one line
-        select_layers(study, worker)  # search_space.layer_selection: narrow or enqueue first
-        objective = SteeringObjective(worker, publish)
-        budget.run_trials(study, objective, n_trials, MAX_CONSECUTIVE_FAILURES)
+        # search_space.layer_selection: enqueue the top layers first, or narrow the space
+        space = select_layers(study, worker)
+        runner = TrialRunner(worker, publish, space)
+        budget.run_trials(study, runner, n_trials, MAX_CONSECUTIVE_FAILURES)

@@ -1,7 +1,10 @@
 """One trial: suggest params, build the vector from the cache, steer, score the validation split.
 
 The hot path is deliberately short (build vector -> hook -> score) and everything else a trial
-needs (model, tokenized validation split, activation cache) is loaded once per worker.
+needs (model, tokenized validation split, activation cache) is loaded once per worker. A trial
+runs in three phases that a runner scoring several trials in one pass can also call apart:
+`TrialRunner.begin` (params -> plan), `Worker.score` and `TrialRunner.finish` (the record and
+the values Optuna gets).
 """
 
 from __future__ import annotations
@@ -19,24 +22,26 @@ import optuna
 import torch
 
 from hpo.core.chance import CHANCE_ATTR, CHANCE_BIAS_ATTR, below_chance, format_bias_message
+from hpo.core.config import SearchSpaceConfig
 from hpo.core.errors import TrialFailure, UserError
 from hpo.core.objective_metrics import SCORE, metric_values, pick_values, study_metrics
 from hpo.core.placement import placement
 from hpo.core.prompting import INSTRUCTION, NONE
 from hpo.core.record import (
     BASELINE_ATTR,
-    BASELINE_METRICS_ATTR,
-    BASELINE_VALUE_ATTR,
     FEASIBLE_ATTR,
-    METRICS_ATTR,
     PROMPTED_ATTR,
-    PROMPTED_FEASIBLE_ATTR,
-    PROMPTED_METRICS_ATTR,
-    PROMPTED_VALUE_ATTR,
-    PROMPTING_ATTR,
+    Deltas,
+    TrialRecord,
     format_params,
-    record_constraints,
+    record_deltas,
+    record_failure,
+    record_metrics,
+    record_placement,
+    record_prompting,
+    record_reference,
 )
+from hpo.run.planner import Plan
 from hpo.run.worker import Worker
 from objectives import ScoreResult
 from search_spaces import PROMPTING_PARAM, suggest
@@ -63,37 +68,104 @@ class TrialOutcome:
 Publish = Callable[[TrialOutcome], None]
 
 
-def feasible_now(result: ScoreResult) -> bool:
-    """Whether a scored result meets its constraints (all values <= 0)."""
-    return all(v <= 0 for v in result.extras.get("constraints", {}).values())
+@dataclass(frozen=True)
+class TrialStart:
+    """A trial up to its scoring, as `TrialRunner.begin` resolved and built it.
+
+    Attributes:
+        params: the trial's params, resolved (fixed dimensions and derived values included).
+        prompting: the prompt it is scored with (`hpo.core.prompting`).
+        prepared: the validation split prepared under `prompting`.
+        plan: its steering.
+        is_baseline: a reference trial (unsteered, alpha = 0), prompted or not.
+        is_prompted: the prompted baseline (the unsteered model asked in words).
+        started: `time.perf_counter()` when the plan's build began.
+        built: `time.perf_counter()` when it was built.
+    """
+
+    params: dict[str, Any]
+    prompting: str
+    prepared: Any
+    plan: Plan
+    is_baseline: bool
+    is_prompted: bool
+    started: float
+    built: float
 
 
-class SteeringObjective:
-    """The callable handed to `study.optimize`."""
+@dataclass(frozen=True)
+class Timings:
+    """Where a trial's time went: building its steering, and scoring the validation split."""
 
-    def __init__(self, worker: Worker, publish: Publish | None = None) -> None:
+    vector_s: float
+    score_s: float
+
+
+class TrialRunner:
+    """Runs trials: the callable handed to `study.optimize`.
+
+    `__call__` is `begin` -> `Worker.score` -> `finish`, which a batched runner can call apart.
+    `space` is the search space trials sample (the worker's own unless layer selection narrowed
+    it).
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        publish: Publish | None = None,
+        space: SearchSpaceConfig | None = None,
+    ) -> None:
         self.worker = worker
         self.publish = publish
+        self.space = worker.cfg.search_space if space is None else space
         self.host = socket.gethostname()
         self.metrics = study_metrics(worker.cfg.task.objective)
         self.multi = len(self.metrics) > 1
         # Intermediate values are the score's: pruning needs a single objective that is the score.
         self.prunable = not self.multi and self.metrics[0].name == SCORE
         self._warned_no_items = False
+        # The unsteered baseline's per-item scores once this runner ran it, for artifacts.
+        self.baseline_items: list[float] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        worker = self.worker
-        for key, value in placement(self.host).items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("device", str(worker.loaded.device))
+        record_placement(trial, placement(self.host), str(self.worker.loaded.device))
         try:
-            return self._run(trial)
+            start = self.begin(trial)
+            report = self.reporter(trial, start.is_baseline)
+            try:
+                result = self.worker.score(start.plan, start.prepared, report)
+            except optuna.TrialPruned as pruned:
+                log.info("trial %d: %s -> %s", trial.number, format_params(start.params), pruned)
+                raise
+            timings = Timings(start.built - start.started, time.perf_counter() - start.built)
+            return self.finish(trial, start, result, timings)
         except TrialFailure as e:
-            trial.set_user_attr("fail_reason", str(e))
+            record_failure(trial, str(e))
             log.warning("trial %d failed: %s", trial.number, e)
             raise
 
-    def _reporter(self, trial: optuna.Trial, is_baseline: bool) -> Any:
+    def begin(self, trial: optuna.Trial) -> TrialStart:
+        """Suggest the trial's params, record its prompting, and build its plan."""
+        worker = self.worker
+        is_prompted = bool(trial.user_attrs.get(PROMPTED_ATTR, False))
+        # Both reference trials are unsteered (alpha = 0); the prompted one has the instruction.
+        is_baseline = is_prompted or bool(trial.user_attrs.get(BASELINE_ATTR, False))
+        fixed = (INSTRUCTION if is_prompted else NONE) if is_baseline else None
+        with warnings.catch_warnings():
+            # The baseline's alpha = 0 may lie outside the alpha range on purpose.
+            warnings.filterwarnings("ignore", message="Fixed parameter", category=UserWarning)
+            params = suggest(trial, self.space, baseline=is_baseline, prompting=fixed)
+        prompting = str(params.get(PROMPTING_PARAM, NONE))
+        record_prompting(trial, prompting)
+        prepared = worker.validation_under(prompting)  # the first prompted trial prepares it
+        started = time.perf_counter()
+        plan = worker.plan(trial.params, resolved=params)
+        built = time.perf_counter()
+        return TrialStart(
+            params, prompting, prepared, plan, is_baseline, is_prompted, started, built
+        )
+
+    def reporter(self, trial: optuna.Trial, is_baseline: bool) -> Any:
         """The per-batch callback: running means for the median pruner, items for Wilcoxon."""
         per_item = isinstance(trial.study.pruner, optuna.pruners.WilcoxonPruner)
 
@@ -119,6 +191,73 @@ class SteeringObjective:
 
         return report
 
+    def finish(
+        self, trial: optuna.Trial, start: TrialStart, result: ScoreResult, timings: Timings
+    ) -> float | tuple[float, ...]:
+        """Record a scored trial (its attributes; a reference's study attributes), publish it
+        and return its values for Optuna.
+
+        Raises:
+            TrialFailure: a value is non-finite, or a metric the study optimizes is missing.
+        """
+        extras, vectors = result.extras, start.plan.vectors
+        TrialRecord(
+            time_vector_s=timings.vector_s,
+            time_score_s=timings.score_s,
+            vector_norm=float(next(iter(vectors.values())).norm()),
+            layers=list(vectors),
+            derived={n: start.params[n] for n in self.space.derived if n in start.params},
+            info=start.plan.info,
+            per_letter=result.per_letter,
+            fluency=extras.get("fluency", {}),
+            counts=extras.get("counts", {}),
+            accuracy=extras.get("accuracy"),
+            chance=extras.get("chance"),
+            constraints=extras.get("constraints"),
+        ).write(trial)
+        named = metric_values(result.value, result.metrics)
+        values = self._values(named, result.value)
+        record_metrics(trial, named)
+        study = trial.study
+        if start.is_prompted:
+            record_reference(study, True, values[0], named, extras.get("constraints"))
+        elif start.is_baseline:
+            record_reference(study, False, values[0], named)
+            self._check_chance(study, result)
+        deltas = record_deltas(trial, named, values[0], start.is_prompted)
+        feasible = trial.user_attrs.get(FEASIBLE_ATTR)
+        if start.is_baseline and not start.is_prompted:
+            self.baseline_items = list(result.per_item)
+        if self.publish is not None:
+            self.publish(
+                TrialOutcome(
+                    trial,
+                    vectors,
+                    result,
+                    start.is_baseline,
+                    feasible is not False,
+                    self.worker.prompts,
+                    self.baseline_items,
+                )
+            )
+        self._log(trial, start, named, values, deltas, feasible, timings)
+        return tuple(values) if self.multi else values[0]
+
+    def _values(self, named: dict[str, float], value: float) -> list[float]:
+        """The values the study optimizes, all finite (else the trial fails)."""
+        try:
+            values = pick_values(named, self.metrics, self.worker.objective.kind)
+        except UserError as e:
+            raise TrialFailure(str(e)) from e
+        bad = {
+            m.name: v for m, v in zip(self.metrics, values, strict=True) if not math.isfinite(v)
+        }
+        if not math.isfinite(value):
+            raise TrialFailure(f"objective is {value} (non-finite score)")
+        if bad:
+            raise TrialFailure(f"objective metrics are non-finite: {bad}")
+        return values
+
     def _check_chance(self, study: optuna.Study, result: ScoreResult) -> None:
         """Record the chance level at study start and report a baseline below it."""
         if "chance" not in result.extras:
@@ -135,119 +274,36 @@ class SteeringObjective:
             study.set_user_attr(CHANCE_BIAS_ATTR, message)
             log.warning("validation: %s", message)
 
-    def _run(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        worker = self.worker
-        is_prompted = bool(trial.user_attrs.get(PROMPTED_ATTR, False))
-        # Both reference trials are unsteered (alpha = 0); the prompted one has the instruction.
-        is_baseline = is_prompted or bool(trial.user_attrs.get(BASELINE_ATTR, False))
-        fixed = (INSTRUCTION if is_prompted else NONE) if is_baseline else None
-        with warnings.catch_warnings():
-            # The baseline's alpha = 0 may lie outside the alpha range on purpose.
-            warnings.filterwarnings("ignore", message="Fixed parameter", category=UserWarning)
-            params = suggest(trial, worker.cfg.search_space, baseline=is_baseline, prompting=fixed)
-        prompting = str(params.get(PROMPTING_PARAM, NONE))
-        trial.set_user_attr(PROMPTING_ATTR, prompting)
-        prepared = worker.validation_under(prompting)  # the first prompted trial prepares it
-        started = time.perf_counter()
-        plan = worker.plan(trial.params, resolved=params)
-        vectors = plan.vectors
-        built = time.perf_counter()
-
-        try:
-            result = worker.score(plan, prepared, self._reporter(trial, is_baseline))
-        except optuna.TrialPruned as pruned:
-            log.info("trial %d: %s -> %s", trial.number, format_params(params), pruned)
-            raise
-        scored = time.perf_counter()
-        trial.set_user_attr("time_vector_s", round(built - started, 6))
-        trial.set_user_attr("time_score_s", round(scored - built, 4))
-        trial.set_user_attr("vector_norm", round(float(next(iter(vectors.values())).norm()), 4))
-        trial.set_user_attr("layers", sorted(vectors))
-        for name in worker.cfg.search_space.derived:
-            if name in params:
-                trial.set_user_attr(f"derived.{name}", params[name])
-        for name, value in worker.builder.info.items():
-            trial.set_user_attr(name, round(value, 6))
-        for letter, value in result.per_letter.items():
-            trial.set_user_attr(f"letter_{letter}", round(value, 6))
-        for name, value in result.extras.get("fluency", {}).items():
-            trial.set_user_attr(name, round(value, 4))
-        for name, count in result.extras.get("counts", {}).items():
-            trial.set_user_attr(
-                name, int(count)
-            )  # e.g. n_unparsed: answers that could not be read
-        if "accuracy" in result.extras:
-            trial.set_user_attr("accuracy", round(float(result.extras["accuracy"]), 6))
-        if "chance" in result.extras:  # choice kinds: the score of uniform answers
-            trial.set_user_attr("chance", round(float(result.extras["chance"]), 6))
-        if "constraints" in result.extras:
-            # Optuna's constrained optimization: samplers favour feasible trials (all <= 0).
-            record_constraints(trial, result.extras["constraints"])
-            ok = all(v <= 0 for v in result.extras["constraints"].values())
-            trial.set_user_attr(FEASIBLE_ATTR, ok)
-        named = metric_values(result.value, result.metrics)
-        try:
-            values = pick_values(named, self.metrics, worker.objective.kind)
-        except UserError as e:
-            raise TrialFailure(str(e)) from e
-        bad = {
-            m.name: v for m, v in zip(self.metrics, values, strict=True) if not math.isfinite(v)
-        }
-        if not math.isfinite(result.value):
-            raise TrialFailure(f"objective is {result.value} (non-finite score)")
-        if bad:
-            raise TrialFailure(f"objective metrics are non-finite: {bad}")
-        trial.set_user_attr(METRICS_ATTR, named)  # full precision: export rules compare them
-        study = trial.study
-        if is_prompted:
-            study.set_user_attr(PROMPTED_VALUE_ATTR, values[0])
-            study.set_user_attr(PROMPTED_METRICS_ATTR, named)
-            if "constraints" in result.extras:
-                study.set_user_attr(PROMPTED_FEASIBLE_ATTR, feasible_now(result))
-        elif is_baseline:
-            study.set_user_attr(BASELINE_VALUE_ATTR, values[0])
-            study.set_user_attr(BASELINE_METRICS_ATTR, named)
-            self._check_chance(study, result)
-        base_metrics = study.user_attrs.get(BASELINE_METRICS_ATTR) or {}
-        for name, value in named.items():
-            if name != SCORE and name in base_metrics:
-                trial.set_user_attr(f"delta_{name}", round(value - base_metrics[name], 6))
-        baseline = study.user_attrs.get(BASELINE_VALUE_ATTR)
-        delta = None if baseline is None else values[0] - baseline
-        if delta is not None:
-            trial.set_user_attr("delta_vs_baseline", round(delta, 6))
-        prompted = study.user_attrs.get(PROMPTED_VALUE_ATTR)
-        if prompted is not None and not is_prompted:
-            trial.set_user_attr("delta_vs_prompted", round(values[0] - prompted, 6))
-        feasible = trial.user_attrs.get(FEASIBLE_ATTR)
-        if is_baseline and not is_prompted:
-            worker.baseline_items = list(result.per_item)
-        if self.publish is not None:
-            self.publish(
-                TrialOutcome(
-                    trial,
-                    vectors,
-                    result,
-                    is_baseline,
-                    feasible is not False,
-                    worker.prompts,
-                    worker.baseline_items,
-                )
-            )
+    def _log(
+        self,
+        trial: optuna.Trial,
+        start: TrialStart,
+        named: dict[str, float],
+        values: list[float],
+        deltas: Deltas,
+        feasible: bool | None,
+        timings: Timings,
+    ) -> None:
+        """The trial's one log line: params -> values, side metrics, deltas and timings."""
         side = " ".join(f"{k}={v:.4g}" for k, v in named.items() if k != SCORE)
-        tag = " (prompted baseline)" if is_prompted else " (baseline)" if is_baseline else ""
-        if prompted is not None and not is_prompted:
-            side += f"{' ' if side else ''}vs prompted {values[0] - prompted:+.4f}"
+        if deltas.prompted is not None:
+            side += f"{' ' if side else ''}vs prompted {deltas.prompted:+.4f}"
+        tag = (
+            " (prompted baseline)"
+            if start.is_prompted
+            else " (baseline)"
+            if start.is_baseline
+            else ""
+        )
         log.info(
             "trial %d%s: %s -> %s%s%s%s in %.2fs (vector %.1f ms)",
             trial.number,
             tag,
-            format_params(params),
+            format_params(start.params),
             " ".join(f"{m.name}={v:.4f}" for m, v in zip(self.metrics, values, strict=True)),
             f" [{side}]" if side else "",
-            "" if delta is None else f" (delta {delta:+.4f})",
+            "" if deltas.baseline is None else f" (delta {deltas.baseline:+.4f})",
             "" if feasible is None else ("" if feasible else " INFEASIBLE"),
-            scored - started,
-            (built - started) * 1000,
+            timings.vector_s + timings.score_s,
+            timings.vector_s * 1000,
         )
-        return tuple(values) if self.multi else values[0]

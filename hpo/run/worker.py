@@ -1,5 +1,6 @@
 """The worker: everything loaded once per process (model, objective, activation cache,
-prepared validation split) and the steered scoring every trial, export and replay share."""
+prepared validation split, the planner) and the steered scoring every trial, export and replay
+share."""
 
 from __future__ import annotations
 
@@ -15,176 +16,66 @@ from hpo.core.positions import positions_named
 from hpo.core.prompting import NONE
 from hpo.model.decoding import chat_prompt
 from hpo.model.loading import LoadedModel
+from hpo.run.planner import Plan, Planner
 from hpo.run.tasks import kl_prompts
 from hpo.steering.activations import ActivationCache
 from hpo.steering.application import Application
-from hpo.steering.gates import Gate, trigger_token_ids
-from hpo.steering.head_vectors import HeadBank, layer_probes
-from hpo.steering.heads import head_shape
 from hpo.steering.hooks import steer, steer_groups
-from hpo.steering.methods import VectorBuilder
-from hpo.steering.probe import ProbeBank
 from hpo.steering.residual import ResidualCache, SteeredAbove
 from objectives import ConstrainedObjective, Objective, ScoreResult, make_objective
 from objectives.kl import KLReference, build_reference, kl_per_prompt, kl_per_prompt_groups
-from search_spaces import layer_scales, resolve, steered_layers
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One trial's steering, resolved once: what is applied where, and how.
-
-    Attributes:
-        params: the params as sampled (what Optuna records).
-        resolved: `params` completed with fixed dimensions and derived values.
-        vectors: the vector(s) added at alpha = 1, one per steered layer.
-        application: alpha, positions, mode and per-layer scales.
-    """
-
-    params: dict[str, Any]
-    resolved: dict[str, Any]
-    vectors: dict[int, torch.Tensor]
-    application: Application
 
 
 @dataclass
 class Worker:
-    """Everything loaded once per worker and reused by every trial."""
+    """Everything loaded once per worker and reused by every trial.
+
+    Attributes:
+        cfg: the run's config.
+        loaded: the steered model.
+        objective: the task's objective (prompts rendered under prompting `none`).
+        cache: the steered model's activations on the train pairs.
+        validation_rows: the validation split's rows, prepared when the worker is built (None:
+            no validation split, as export needs only the test split).
+        finetuned: the finetuned model's activations (method `model_diff` only).
+        residual: block outputs reused by `positions: all` trials of forward-only objectives
+            (None: built here when the objective allows it).
+    """
 
     cfg: RunConfig
     loaded: LoadedModel
     objective: Objective
     cache: ActivationCache
-    validation: Any
-    finetuned: ActivationCache | None = None
-    # Block outputs reused by `positions: all` trials of forward-only objectives (None: off).
-    residual: ResidualCache | None = field(default=None)
-    # The validation split's prompt texts and, once this worker ran it, the baseline's per-item
-    # scores: what the best trials' artifacts (per-item CSV and plot) show beside their own.
-    prompts: list[str] | None = None
-    baseline_items: list[float] | None = None
-    # Unsteered KL reference per split ("validation", "test"), built on first use.
-    kl: dict[str, KLReference] = field(default_factory=dict)
-    # The validation rows, and per prompting other than `none` their prepared split (first use).
     validation_rows: list[Any] | None = None
+    finetuned: ActivationCache | None = None
+    residual: ResidualCache | None = field(default=None)
+    planner: Planner = field(init=False)
+    # The validation split prepared under prompting `none` (None without validation rows).
+    validation: Any = field(default=None, init=False)
+    # The validation split's prompt texts: what the best trials' artifacts (per-item CSV and
+    # plot) show beside their scores (None: no prompt column or no validation rows).
+    prompts: list[str] | None = field(default=None, init=False)
+    # Unsteered KL reference per split ("validation", "test"), built on first use.
+    kl: dict[str, KLReference] = field(default_factory=dict, init=False)
+    # Per prompting other than `none`: its objective and prepared validation split (first use).
     _prompted: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _objectives: dict[str, Objective] = field(default_factory=dict, init=False, repr=False)
-    builder: VectorBuilder = field(init=False)
-    # Site heads: every head's direction, norm and probe (None when the space has no heads).
-    heads: HeadBank | None = field(default=None, init=False)
-    _layer_probes: dict[str, ProbeBank] = field(default_factory=dict, init=False, repr=False)
-    _triggers: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        space = self.cfg.search_space
-        self.builder = VectorBuilder(self.cache, self.finetuned, self.cfg.study.seed)
+        self.planner = Planner(
+            self.cfg.search_space, self.loaded, self.cache, self.finetuned, self.cfg.study.seed
+        )
         if self.residual is None and self.objective.forward_only:
             self.residual = ResidualCache(self.loaded)
-        if "heads" in space.site and self.cache.has_heads:
-            n_heads, head_dim = head_shape(self.loaded.model, self.loaded.blocks)
-            self.heads = HeadBank(self.cache, n_heads, head_dim, self.cfg.study.seed)
-            # Fitted once here, so no trial pays for the per-head probes.
-            for aggregation in space.aggregation:
-                self.heads.fits(aggregation)
-        if list(space.probe_gate) != ["off"] and "residual" in space.site:
-            for aggregation in space.aggregation:
-                self.layer_probes(aggregation)
+        if self.validation_rows is not None:
+            column = self.cfg.task.columns.get("prompt")
+            if column:
+                self.prompts = [str(row[column]) for row in self.validation_rows]
+            self.validation = self.prepare(self.validation_rows)
 
     def plan(self, params: dict[str, Any], resolved: dict[str, Any] | None = None) -> Plan:
-        """A trial's vectors and application, from its params resolved once (pass `resolved`
-        when `search_spaces.suggest` already resolved them)."""
-        if resolved is None:
-            resolved = resolve(params, self.cfg.search_space)
-        if resolved.get("site", "residual") == "heads":
-            return self._head_plan(params, resolved)
-        vectors = self.builder.vectors(
-            resolved["method"],
-            resolved["aggregation"],
-            steered_layers(resolved),
-            self.cfg.search_space.alpha_scale,
-        )
-        application = Application(
-            alpha=float(resolved["alpha"]),
-            positions=resolved["positions"],
-            mode=resolved["mode"],
-            scales=layer_scales(resolved, self.cfg.search_space),
-            gate=self._gate(resolved, {layer: layer for layer in vectors}),
-        )
-        return Plan(dict(params), resolved, vectors, application)
-
-    def _head_plan(self, params: dict[str, Any], resolved: dict[str, Any]) -> Plan:
-        """A site-heads trial: the top heads by probe accuracy, each steered along its CAA
-        direction around the attention output projection."""
-        bank = self.heads
-        if bank is None:
-            raise UserError(
-                "site heads needs search_space.site to list heads when the worker starts "
-                "(its activation cache records the heads)"
-            )
-        aggregation = resolved["aggregation"]
-        top_k = resolved.get("heads_top_k")
-        heads = bank.select(
-            aggregation,
-            ratio=resolved.get("head_ratio"),
-            top_k=None if top_k is None else int(top_k),
-        )
-        vectors = bank.vectors(aggregation, heads, self.cfg.search_space.alpha_scale)
-        accuracies = bank.accuracies(aggregation, heads)
-        self.builder.info = {
-            "heads_steered": float(len(accuracies)),
-            "probe_accuracy": sum(accuracies) / len(accuracies),
-        }
-        keys = {(layer, h): (layer, h) for layer, chosen in heads.items() for h in chosen}
-        application = Application(
-            alpha=float(resolved["alpha"]),
-            positions=resolved["positions"],
-            mode=resolved["mode"],
-            site="heads",
-            heads=heads,
-            head_dim=bank.head_dim,
-            n_heads=bank.n_heads,
-            head_point=resolved["head_point"],
-            gate=self._gate(resolved, keys, heads),
-        )
-        return Plan(dict(params), resolved, vectors, application)
-
-    def layer_probes(self, aggregation: str) -> ProbeBank:
-        """A probe per layer's block output (the residual site's probe gate), fitted once."""
-        if aggregation not in self._layer_probes:
-            self._layer_probes[aggregation] = layer_probes(
-                self.cache, aggregation, self.cfg.study.seed
-            )
-        return self._layer_probes[aggregation]
-
-    def _gate(
-        self,
-        resolved: dict[str, Any],
-        keys: dict[Any, Any],
-        heads: dict[int, tuple[int, ...]] | None = None,
-    ) -> Gate | None:
-        """The trial's gates (None when both are off); `keys` are the gated units."""
-        trigger = str(resolved.get("trigger", ""))
-        probe = str(resolved.get("probe_gate", "off"))
-        if not trigger and probe == "off":
-            return None
-        if trigger and trigger not in self._triggers:
-            self._triggers[trigger] = trigger_token_ids(self.loaded.tokenizer, trigger)
-        probes: dict[Any, tuple[torch.Tensor, float]] = {}
-        if probe != "off":
-            aggregation = resolved["aggregation"]
-            if heads is not None:
-                assert self.heads is not None
-                probes = self.heads.head_probes(aggregation, heads)
-            else:
-                bank = self.layer_probes(aggregation)
-                probes = {k: (bank.weight[k], float(bank.bias[k])) for k in keys}
-        return Gate(
-            trigger=trigger,
-            trigger_ids=self._triggers.get(trigger),
-            probe=probe,
-            threshold=float(resolved.get("gate_threshold", 0.5)),
-            probes=probes,
-        )
+        """A trial's steering (see `Planner.plan`)."""
+        return self.planner.plan(params, resolved)
 
     def vectors(self, params: dict[str, Any]) -> dict[int, torch.Tensor]:
         """The vector(s) added at alpha = 1 for a trial's params, one per steered layer."""

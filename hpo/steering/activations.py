@@ -6,8 +6,9 @@ tokenizer, the rendered pairs, the aggregations), written to a temp file and ren
 on one machine share it safely.
 
 With `heads=True` (a space with `site: heads`) the same pass also records, per layer, the input
-of the attention output projection (every head's output side by side, seed 003) under
-`<side>.<agg>.heads`; such a cache has its own hash, so residual-only caches are unchanged.
+of the attention output projection (every head's output side by side, for CREST-style head
+steering) under `<side>.<agg>.heads`; such a cache has its own hash, so residual-only caches are
+unchanged.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Attribution patching (seed 002): each layer's first-order effect of adding its steering vector.
+"""Attribution patching: each layer's first-order effect of adding its steering vector.
 
 Steering layer `L` by `alpha` adds `alpha * v_L` to block `L`'s output at the steered positions.
 To first order the objective's quantity `Q` then changes by `alpha * sum_t grad_t(Q) . v_L`, the
@@ -17,6 +17,11 @@ objective's own quantity read on the pairs the vectors are built from:
   (sentiment of a greedy continuation) have no gradient and the KL from the unsteered model has
   zero gradient at `alpha = 0`; the pairs' log-odds is the differentiable quantity steering
   towards the positive continuations moves, and it cancels what moves every text alike.
+
+Attribution patching is Nanda's linear approximation of activation patching ("Attribution
+Patching: Activation Patching At Industrial Scale", 2023); ranking candidate steering layers by
+it follows Venhoff et al., "Understanding Reasoning in Thinking Language Models via Steering
+Vectors" (2025, github.com/FlyingPumba/steering-thinking-models), section 2.1.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ class LayerEffect:
         effect: d(quantity)/d(alpha) at alpha = 0, mean over the train pairs (log-odds per unit
             alpha; positive = towards the positive completions).
         stderr: standard error of that mean over the pairs.
-        abs_effect: mean over pairs of the absolute per-pair effect (seed 002's ranking number).
+        abs_effect: mean over pairs of the absolute per-pair effect (Venhoff et al.'s
+            ranking number).
     """
 
     layer: int

@@ -1,4 +1,4 @@
-"""Per-head directions and probes from the activation cache (seed 003's "cognitive heads").
+"""Per-head directions and probes from the activation cache (CREST's "cognitive heads").
 
 For every head of every layer: the CAA direction (mean difference of its slice of the attention
 output projection's input), its mean activation norm (the unit of relative alpha), and a

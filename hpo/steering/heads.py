@@ -1,4 +1,4 @@
-"""Attention-head steering (seed 003, CREST): act on single heads around the output projection.
+"""Attention-head steering (CREST): act on single heads around the output projection.
 
 The input of a block's attention output projection (`o_proj`; `dense` in Phi and GPT-NeoX,
 `c_proj` in GPT-2) is the concatenation of every head's output, `[B, T, heads * head_dim]`; head
@@ -10,6 +10,10 @@ The input of a block's attention output projection (`o_proj`; `dense` in Phi and
 - `post_o_proj` (model space): the projection's output gets `a * W v` added (`W v` is the
   projection of the masked head-space vector, without bias); the norm-preserving mode keeps the
   output's norm at every steered position.
+
+CREST: "Understanding and Steering the Cognitive Behaviors of Reasoning Models at Test-Time"
+(github.com/togethercomputer/CREST) ranks heads by a linear probe's accuracy and steers the top
+~38% of them, norm-preserving.
 
 Gates act per head: a position's head is steered only where the gates are open for it.
 """

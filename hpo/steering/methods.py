@@ -10,6 +10,7 @@ import torch
 
 from hpo.core.directions import along, caa, method_named, model_diff, pca
 from hpo.core.errors import TrialFailure, UserError
+from hpo.core.record import PROBE_ACCURACY_ATTR
 from hpo.steering.activations import ActivationCache
 from hpo.steering.probe import train_probe
 
@@ -64,7 +65,7 @@ class VectorBuilder:
         out = {layer: self.vector(method, aggregation, layer, alpha_scale) for layer in layers}
         if self._accuracies:
             # Mean held-out accuracy over the steered layers' probes.
-            self.info["probe_accuracy"] = sum(self._accuracies) / len(self._accuracies)
+            self.info[PROBE_ACCURACY_ATTR] = sum(self._accuracies) / len(self._accuracies)
         return out
 
 

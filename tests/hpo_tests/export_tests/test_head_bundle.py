@@ -67,7 +67,7 @@ def test_a_heads_trial_steers_the_top_heads_and_records_its_cost(head_study: Any
     study, worker, _bundle = head_study
     steered = [t for t in study.get_trials() if t.number > 0]
     assert steered and all(t.state == optuna.trial.TrialState.COMPLETE for t in steered)
-    total = worker.heads.n_heads * len(worker.loaded.blocks)
+    total = worker.planner.heads.n_heads * len(worker.loaded.blocks)
     for t in steered:
         assert t.user_attrs["heads_steered"] == max(1, round(t.params["head_ratio"] * total))
         assert t.user_attrs["time_vector_s"] < 0.05  # the probes were fitted once, up front

@@ -93,7 +93,7 @@ def test_top_layer_on_the_shipped_model_predicts_the_sign_of_a_real_steered_chan
     pairs = objective.train_pairs(task.train)
     worker = Worker(cfg, smollm2, objective, load_or_build(smollm2, pairs), None)
     vectors = {
-        layer: worker.builder.vector("caa", "mean", layer, "relative")
+        layer: worker.planner.builder.vector("caa", "mean", layer, "relative")
         for layer in range(smollm2.shape.num_layers)
     }
     effects = attribute_layers(smollm2, pairs, vectors, "all", "loglik")
@@ -110,8 +110,8 @@ def test_top_layer_on_the_shipped_model_predicts_the_sign_of_a_real_steered_chan
         after = sum(log_odds(smollm2, pairs)) / len(pairs)
     assert (after - before) * sign > 0
 
-    worker.validation = worker.prepare(task.validation)
-    baseline = worker.baseline_result(worker.validation, "validation").value
+    validation = worker.prepare(task.validation)
+    baseline = worker.baseline_result(validation, "validation").value
     params = {
         "layer": top.layer,
         "window": 1,
@@ -121,6 +121,6 @@ def test_top_layer_on_the_shipped_model_predicts_the_sign_of_a_real_steered_chan
         "method": "caa",
         "positions": "all",
     }
-    steered = worker.score(params, worker.validation).value
+    steered = worker.score(params, validation).value
     assert (steered - baseline) * sign > 0, (top.layer, baseline, steered)
     assert torch.is_grad_enabled()  # attribution restored autograd's global state

@@ -39,7 +39,7 @@ def _steerings(model: nn.Module) -> list[tuple[dict[int, torch.Tensor], Applicat
     v = [torch.randn(HIDDEN, generator=g) * 2 for _ in range(3)]
     head_vector = torch.randn(n_heads * head_dim, generator=g) * 3
     probe = {LAYER: (torch.randn(HIDDEN, generator=g), 0.0)}
-    heads = {LAYER: (0, 2)}
+    heads: dict[int, tuple[int, ...]] = {LAYER: (0, 2)}
     return [
         ({LAYER: v[0]}, Application(alpha=1.5, positions="all", mode="add")),
         (
