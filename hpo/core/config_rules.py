@@ -12,6 +12,8 @@ LOGLIKS = ("sum", "mean")
 # Upper bounds on sizes, so a typo cannot ask for days of work or all the memory.
 MAX_NEW_TOKENS = 32768
 MAX_TRIALS = 1_000_000
+# Trials one batched pass may score (each repeats every validation row once).
+MAX_TRIALS_PER_PASS = 64
 # No tokenizer packs more characters than this into one token of ordinary text: a prompt longer
 # than max_prompt_tokens x this is refused before any tokenizer loads (the exact token count is
 # checked once the prompts are tokenized).

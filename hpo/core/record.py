@@ -45,6 +45,9 @@ FAIL_REASON_ATTR = "fail_reason"
 # What a scored trial records about itself (`TrialRecord`).
 TIME_VECTOR_ATTR = "time_vector_s"
 TIME_SCORE_ATTR = "time_score_s"
+# How many trials shared the trial's batched pass (`study.trials_per_pass`; absent: one alone).
+# Its `time_score_s` is then the pass's time over that many trials.
+PASS_SIZE_ATTR = "trials_in_pass"
 VECTOR_NORM_ATTR = "vector_norm"
 LAYERS_ATTR = "layers"
 ACCURACY_ATTR = "accuracy"
@@ -175,6 +178,11 @@ def record_placement(trial: optuna.Trial, where: Mapping[str, str], device: str)
     for key, value in where.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr(DEVICE_ATTR, device)
+
+
+def record_pass(trial: optuna.Trial, size: int) -> None:
+    """How many trials shared this trial's batched pass (`study.trials_per_pass`)."""
+    trial.set_user_attr(PASS_SIZE_ATTR, int(size))
 
 
 def record_failure(trial: optuna.Trial, reason: str) -> None:

@@ -11,6 +11,7 @@ from hpo.core.config_rules import (
     DTYPES,
     MAX_NEW_TOKENS,
     MAX_TRIALS,
+    MAX_TRIALS_PER_PASS,
     _at_least,
     _at_most,
     _check_choice,
@@ -105,16 +106,20 @@ class StorageConfig:
 
 @dataclass
 class StudyConfig:
-    """The Optuna study: its name, exact trial budget and seed."""
+    """The Optuna study: its name, exact trial budget and seed, and how many trials a worker
+    scores in one batched pass (`trials_per_pass`)."""
 
     name: str = "steering"
     n_trials: int = 20
     seed: int = 0
     baseline: bool = True
+    trials_per_pass: int = 1
 
     def __post_init__(self) -> None:
         _at_least("study.n_trials", self.n_trials)
         _at_most("study.n_trials", self.n_trials, MAX_TRIALS)
+        _at_least("study.trials_per_pass", self.trials_per_pass)
+        _at_most("study.trials_per_pass", self.trials_per_pass, MAX_TRIALS_PER_PASS)
         if not self.name:
             raise UserError("study.name must not be empty")
 

@@ -108,7 +108,7 @@ def _finished_elsewhere(trial: optuna.Trial) -> bool:
     return trial.study._storage.get_trial(trial._trial_id).state.is_finished()
 
 
-def _retry_baseline(trial: optuna.Trial) -> None:
+def retry_baseline(trial: optuna.Trial) -> None:
     """Enqueue the interrupted baseline again: without it no trial has a reference."""
     frozen = trial.study._storage.get_trial(trial._trial_id)
     RetryStaleTrial(max_retry=None)(trial.study, frozen)
@@ -137,7 +137,7 @@ def budgeted(
             log.warning("trial %d failed: %s", trial.number, reason)
             record_failure(trial, reason)
             if trial.user_attrs.get(BASELINE_ATTR) or trial.user_attrs.get(PROMPTED_ATTR):
-                _retry_baseline(trial)
+                retry_baseline(trial)
             raise
         except Exception:
             if taken is not None and _finished_elsewhere(trial):

@@ -16,6 +16,7 @@ from hpo.core.selection import parse_rule
 from hpo.model.loading import ModelShape, load_model, read_shape
 from hpo.run import budget
 from hpo.run.layer_selection import candidate_layers, select_layers
+from hpo.run.passes import run_passes
 from hpo.run.preflight import check_triggers
 from hpo.run.study_creation import (
     CREATION_WAIT_S,
@@ -178,4 +179,8 @@ def run_trials(
         # search_space.layer_selection: enqueue the top layers first, or narrow the space
         space = select_layers(study, worker)
         runner = TrialRunner(worker, publish, space)
-        budget.run_trials(study, runner, n_trials, MAX_CONSECUTIVE_FAILURES)
+        per_pass = worker.cfg.study.trials_per_pass
+        if per_pass > 1:
+            run_passes(study, runner, n_trials, per_pass, MAX_CONSECUTIVE_FAILURES)
+        else:
+            budget.run_trials(study, runner, n_trials, MAX_CONSECUTIVE_FAILURES)

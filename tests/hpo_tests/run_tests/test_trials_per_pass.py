@@ -8,17 +8,23 @@ the tiny Llama. The hooks themselves: `tests/hpo_tests/steering_tests/test_row_g
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
+from optuna.trial import TrialState
 
+from hpo.core.record import FAIL_REASON_ATTR, PASS_SIZE_ATTR
 from hpo.model.loading import LoadedModel
-from hpo.run.study import prepare_worker
+from hpo.run.passes import run_passes
+from hpo.run.study import open_study, prepare_worker
+from hpo.run.trial import TrialRunner
 from hpo.run.worker import Plan, Worker
 from hpo.steering.hooks import steer, steer_groups
 from objectives.kl import kl_per_prompt_groups
 from tests.conftest import compose_run, tiny_overrides
+from tests.hpo_tests.run_tests.test_study import run_study, tiny_run
 
 
 def _plans(worker: Worker, params: list[dict[str, Any]]) -> list[Plan]:
@@ -108,7 +114,7 @@ def test_generation_with_stop_strings_in_one_pass(smollm2: LoadedModel) -> None:
         "task.splits.validation=3",
         "task.objective.max_new_tokens=12",
         "task.objective.kl.enabled=false",
-        "task.objective.stop=['.','!']",
+        "+task.objective.stop=['.','!']",
         "search_space.positions=[all,prompt_end_onward,generated]",
     )
     worker = prepare_worker(cfg)
@@ -243,3 +249,55 @@ def test_a_trial_the_residual_cache_serves_does_not_share_a_pass(
     assert worker.residual is not None and not worker.shares_pass(plan)
     with pytest.raises(ValueError, match="residual cache"):
         worker.score_groups([plan, plan], worker.validation, [None, None])
+
+
+def test_a_study_in_passes_keeps_its_exact_budget_and_each_trial_scores_as_alone(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_run(
+        tiny_model_dir,
+        tmp_path,
+        "study.n_trials=8",
+        "study.trials_per_pass=3",
+        "search_space.positions=[all,prompt_end_onward]",
+        "search_space.window.high=2",
+        "pruner=none",
+    )
+    study, worker = run_study(cfg)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    assert trials[0].user_attrs["baseline"] is True and trials[0].params["alpha"] == 0.0
+    sizes = [t.user_attrs.get(PASS_SIZE_ATTR) for t in trials]
+    assert 3 in sizes, sizes  # trials really shared passes
+    # TPE's constant liar: the trials of one pass are not the same point.
+    steered = [t for t in trials if t.number > 0]
+    assert len({tuple(sorted(t.params.items())) for t in steered}) == len(steered)
+    for t in steered:
+        alone = worker.score(t.params, worker.validation)
+        assert alone.value == pytest.approx(t.value, rel=1e-4, abs=1e-6), t.number
+    # Resuming a finished study in passes adds nothing.
+    runner = TrialRunner(worker)
+    run_passes(open_study(cfg), runner, cfg.study.n_trials, 3)
+    assert len(open_study(cfg).get_trials()) == 8
+
+
+def test_a_failing_trial_in_a_pass_fails_alone_and_the_budget_still_fills(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_run(
+        tiny_model_dir, tmp_path, "study.n_trials=5", "study.trials_per_pass=3", "pruner=none"
+    )
+    study = open_study(cfg)
+    worker = prepare_worker(cfg)
+    # A NaN alpha gives a NaN score: that trial fails, its pass-mates complete.
+    bad = {"layer": 1, "alpha": math.nan, "aggregation": "mean"}
+    study.enqueue_trial(bad, skip_if_exists=False)
+    run_passes(study, TrialRunner(worker), cfg.study.n_trials, 3)
+    trials = study.get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and math.isnan(failed[0].params["alpha"])
+    assert "non-finite" in failed[0].user_attrs[FAIL_REASON_ATTR]
+    assert failed[0].user_attrs.get(PASS_SIZE_ATTR) == 3
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 5 and all(t.value is not None and math.isfinite(t.value) for t in done)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
