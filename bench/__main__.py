@@ -25,6 +25,7 @@ MODULES = (
     "trial",
     "peer",
     "generation",
+    "trials_per_pass",
     "throughput",
     "methods",
     "workers",
