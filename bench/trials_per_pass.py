@@ -72,7 +72,8 @@ def main(quick: bool = False) -> None:
     lines = [
         f"Demo setting: SmolLM2-135M-Instruct, {len(worker.validation.prompts)} validation "
         f"prompts x {cfg.task.objective.max_new_tokens} new tokens, fluency and KL guards on; "
-        f"{n} steered trials per study, a fresh study per k in each of {rounds} rounds (fresh order each). "
+        f"{n} steered trials per study, a fresh study per k in each of {rounds} rounds "
+        "(fresh order each). "
         f"Load average (1, 5, 15 min) before {load_before}, after {load_after}. One-off worker "
         f"setup {setup:.1f} s.",
         "",
