@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -110,7 +111,11 @@ def run_pass(
     study: optuna.Study, runner: TrialRunner, n_trials: int, size: int
 ) -> list[TrialState]:
     """Ask `size` trials, score them together and tell each; returns their states."""
-    trials = [study.ask() for _ in range(size)]
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for `Study.optimize`; each trial here beats
+        # its own (`get_heartbeat_thread`, as `Study.optimize` runs it).
+        warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+        trials = [study.ask() for _ in range(size)]
     states: dict[int, TrialState] = {}
     asked: list[_Asked] = []
     with ExitStack() as beats:

@@ -150,6 +150,16 @@ CONFIG: list[Case] = [
     ),
     ("n-trials-zero", lambda e: optimize(e, "study.n_trials=0"), r"study.n_trials must be >= 1"),
     (
+        "trials-per-pass-zero",
+        lambda e: optimize(e, "study.trials_per_pass=0"),
+        r"study.trials_per_pass must be >= 1, got 0",
+    ),
+    (
+        "trials-per-pass-huge",
+        lambda e: optimize(e, "study.trials_per_pass=1000"),
+        r"study.trials_per_pass must be <= 64, got 1000",
+    ),
+    (
         "n-trials-huge",
         lambda e: optimize(e, "study.n_trials=1000000000"),
         r"study.n_trials must be <= ",

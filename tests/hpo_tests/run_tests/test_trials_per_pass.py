@@ -8,7 +8,6 @@ the tiny Llama. The hooks themselves: `tests/hpo_tests/steering_tests/test_row_g
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from optuna.trial import TrialState
 
 from hpo.core.record import FAIL_REASON_ATTR, PASS_SIZE_ATTR
 from hpo.model.loading import LoadedModel
-from hpo.run.passes import run_passes
+from hpo.run.passes import run_pass, run_passes
 from hpo.run.study import open_study, prepare_worker
 from hpo.run.trial import TrialRunner
 from hpo.run.worker import Plan, Worker
@@ -245,7 +244,9 @@ def test_a_trial_the_residual_cache_serves_does_not_share_a_pass(
 ) -> None:
     cfg = compose_run(*tiny_overrides(tiny_model_dir, tmp_path), "search_space.positions=[all]")
     worker = prepare_worker(cfg)
-    [plan] = _plans(worker, [{"layer": 1, "alpha": 0.5, "aggregation": "mean"}])
+    [plan] = _plans(
+        worker, [{"layer": 1, "alpha": 0.5, "aggregation": "mean", "positions": "all"}]
+    )
     assert worker.residual is not None and not worker.shares_pass(plan)
     with pytest.raises(ValueError, match="residual cache"):
         worker.score_groups([plan, plan], worker.validation, [None, None])
@@ -260,6 +261,7 @@ def test_a_study_in_passes_keeps_its_exact_budget_and_each_trial_scores_as_alone
         "study.n_trials=8",
         "study.trials_per_pass=3",
         "search_space.positions=[all,prompt_end_onward]",
+        "search_space.layers.high=2",
         "search_space.window.high=2",
         "pruner=none",
     )
@@ -281,23 +283,43 @@ def test_a_study_in_passes_keeps_its_exact_budget_and_each_trial_scores_as_alone
     assert len(open_study(cfg).get_trials()) == 8
 
 
-def test_a_failing_trial_in_a_pass_fails_alone_and_the_budget_still_fills(
+def test_a_failing_trial_in_a_pass_fails_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # One train pair: its paired differences do not vary, so pca finds no direction (a
+    # TrialFailure while the plan is built) while caa still has one.
+    cfg = tiny_run(
+        tiny_model_dir,
+        tmp_path,
+        "study.n_trials=3",
+        "task.splits.train=1",
+        "task.objective.balance=none",
+        "search_space.method=[caa,pca]",
+        "pruner=none",
+    )
+    study = open_study(cfg)  # enqueues the baseline as trial 0
+    worker = prepare_worker(cfg)
+    study.enqueue_trial({"layer": 1, "alpha": 0.5, "aggregation": "mean", "method": "pca"})
+    study.enqueue_trial({"layer": 2, "alpha": 0.5, "aggregation": "mean", "method": "caa"})
+    states = run_pass(study, TrialRunner(worker), cfg.study.n_trials, 3)
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    trials = study.get_trials()
+    assert "pca" in trials[1].user_attrs[FAIL_REASON_ATTR]
+    assert trials[2].user_attrs[PASS_SIZE_ATTR] == 2  # the baseline and trial 2 shared a pass
+    alone = worker.score(trials[2].params, worker.validation)
+    assert alone.value == pytest.approx(trials[2].value, rel=1e-4, abs=1e-6)
+
+
+def test_a_trial_past_the_budget_in_a_pass_fails_before_any_work(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    cfg = tiny_run(
-        tiny_model_dir, tmp_path, "study.n_trials=5", "study.trials_per_pass=3", "pruner=none"
-    )
+    cfg = tiny_run(tiny_model_dir, tmp_path, "study.n_trials=2", "pruner=none")
     study = open_study(cfg)
     worker = prepare_worker(cfg)
-    # A NaN alpha gives a NaN score: that trial fails, its pass-mates complete.
-    bad = {"layer": 1, "alpha": math.nan, "aggregation": "mean"}
-    study.enqueue_trial(bad, skip_if_exists=False)
+    # Asked as two racing workers would: three trials for a budget of two.
+    states = run_pass(study, TrialRunner(worker), cfg.study.n_trials, 3)
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]
+    over = study.get_trials()[2]
+    assert "over budget" in over.user_attrs[FAIL_REASON_ATTR]
+    assert "time_score_s" not in over.user_attrs
+    # The study is done: another pass asks nothing more.
     run_passes(study, TrialRunner(worker), cfg.study.n_trials, 3)
-    trials = study.get_trials()
-    failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(failed) == 1 and math.isnan(failed[0].params["alpha"])
-    assert "non-finite" in failed[0].user_attrs[FAIL_REASON_ATTR]
-    assert failed[0].user_attrs.get(PASS_SIZE_ATTR) == 3
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 5 and all(t.value is not None and math.isfinite(t.value) for t in done)
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert len(study.get_trials()) == 3
