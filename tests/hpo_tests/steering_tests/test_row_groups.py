@@ -49,7 +49,7 @@ def _steerings(model: nn.Module) -> list[tuple[dict[int, torch.Tensor], Applicat
         (
             {LAYER: v[2]},
             Application(
-                positions="generated",
+                positions="all",
                 mode="ablate",
                 gate=Gate(trigger="x", trigger_ids=torch.tensor([17, 90])),
             ),
@@ -62,7 +62,7 @@ def _steerings(model: nn.Module) -> list[tuple[dict[int, torch.Tensor], Applicat
             {LAYER: v[0]},
             Application(
                 alpha=-1.0,
-                positions="prompt_end_onward",
+                positions="generated",
                 gate=Gate(probe="present", threshold=0.5, probes=probe),
             ),
         ),
@@ -98,6 +98,8 @@ def test_each_row_group_steered_by_its_trial_equals_that_trial_alone(family: str
     prompts = [list(p) for p in PROMPTS]
     alone_logits, alone_text = [], []
     with torch.inference_mode():
+        plain = model(**_padded(prompts)).logits
+        plain_text = generate_ids(model, PAD, prompts, 6)
         for vectors, app in steerings:
             with steer(model, blocks, vectors, app):
                 alone_logits.append(model(**_padded(prompts)).logits)
@@ -111,6 +113,9 @@ def test_each_row_group_steered_by_its_trial_equals_that_trial_alone(family: str
     for g in range(k):
         torch.testing.assert_close(together[g::k], alone_logits[g], atol=2e-5, rtol=1e-4)
         assert texts[g::k] == alone_text[g], f"trial {g}: greedy text differs"
+        # Every trial really steers (its logits or its text), so a dropped group is caught.
+        moved = not torch.allclose(alone_logits[g], plain) or alone_text[g] != plain_text
+        assert moved, f"trial {g} does not steer"
     # The trials really differ, so a swapped group would be caught.
     assert len({tuple(map(tuple, t)) for t in alone_text}) > 2
 
