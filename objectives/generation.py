@@ -23,7 +23,7 @@ from hpo.model.batching import length_sorted_batches, pad_left
 from hpo.model.decoding import finish, generate_ids, prompt_prefix
 from hpo.model.kv import RepeatedPrefixes
 from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
-from objectives.fluency import distinct2, perplexities
+from objectives.fluency import distinct2, perplexities, perplexities_from_prefix
 from objectives.math_answer import final_answer, worked_answer
 from objectives.prompts import render_prompt
 from objectives.scorers import STATUSES, get_scorer
@@ -242,7 +242,14 @@ class Generation:
         """Mean perplexity (under `model` as it is now: call unsteered), distinct-2 and text
         quality (share of dictionary-like words, markup stripped: `objectives.text_quality`)."""
         conts = result.extras["continuations"]
-        ppl = perplexities(model, self.tokenizer.pad_token_id, prepared.token_ids, conts)
+        pad = self.tokenizer.pad_token_id
+        if prepared.prefix is not None:
+            # Unsteered: the prompts' cached states are exactly what this pass needs.
+            ppl = perplexities_from_prefix(
+                model, pad, prepared.token_ids, prepared.batches, prepared.prefix, conts
+            )
+        else:
+            ppl = perplexities(model, pad, prepared.token_ids, conts)
         d2 = [distinct2(c) for c in conts]
         return {
             "perplexity": sum(ppl) / len(ppl),

@@ -14,6 +14,7 @@ from hpo.model.decoding import chat_prompt, generate_ids, prompt_prefix
 from hpo.model.loading import LoadedModel
 from hpo.steering.application import Application
 from hpo.steering.hooks import steer
+from objectives.fluency import perplexities, perplexities_from_prefix
 from objectives.kl import build_reference, kl_per_prompt
 from tests.conftest import tokens, unit
 
@@ -163,3 +164,19 @@ def test_a_one_token_prompt_batch_has_no_prefix(tiny: LoadedModel) -> None:
         torch.tensor(generate_ids(tiny.model, tiny.tokenizer, ids, 3, prefix=None)),
         torch.tensor(generate_ids(tiny.model, tiny.tokenizer, ids, 3)),
     )
+
+
+def test_fluency_from_the_reused_prefix_equals_the_full_pass(tiny: LoadedModel) -> None:
+    ids = tokens(tiny, *TEXTS, "A fourth prompt, in its own batch")
+    batches = [[0, 1, 2], [3]]
+    pad = tiny.tokenizer.pad_token_id
+    prefixes = [_prefix(tiny, [ids[i] for i in batch]) for batch in batches]
+    # One continuation empty, the others of different lengths (right-padded in the pass).
+    conts = [[5, 17, 33, 2], [], [9, 41, 7, 8, 12, 15], [90, 12]]
+    full = perplexities(tiny.model, pad, ids, conts)
+    fast = perplexities_from_prefix(tiny.model, pad, ids, batches, prefixes, conts)
+    assert fast == pytest.approx(full, rel=1e-5)
+    assert fast[1] == 1.0 and len({round(x, 3) for x in fast}) == 4
+    # The shared prefixes are left as they were: a second pass gives the same values.
+    again = perplexities_from_prefix(tiny.model, pad, ids, batches, prefixes, conts)
+    assert again == fast
