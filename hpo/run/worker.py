@@ -20,7 +20,13 @@ from hpo.run.tasks import kl_prompts
 from hpo.steering.activations import ActivationCache
 from hpo.steering.hooks import steer
 from hpo.steering.residual import ResidualCache, SteeredAbove
-from objectives import ConstrainedObjective, Objective, ScoreResult, make_objective
+from objectives import (
+    ConstrainedObjective,
+    Objective,
+    PreparedSplit,
+    ScoreResult,
+    make_objective,
+)
 from objectives.kl import KLReference, build_reference, kl_per_prompt
 
 
@@ -49,14 +55,14 @@ class Worker:
     residual: ResidualCache | None = field(default=None)
     planner: Planner = field(init=False)
     # The validation split prepared under prompting `none` (None without validation rows).
-    validation: Any = field(default=None, init=False)
+    _validation: PreparedSplit | None = field(default=None, init=False, repr=False)
     # The validation split's prompt texts: what the best trials' artifacts (per-item CSV and
     # plot) show beside their scores (None: no prompt column or no validation rows).
     prompts: list[str] | None = field(default=None, init=False)
     # Unsteered KL reference per split ("validation", "test"), built on first use.
     kl: dict[str, KLReference] = field(default_factory=dict, init=False)
     # Per prompting other than `none`: its objective and prepared validation split (first use).
-    _prompted: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _prompted: dict[str, PreparedSplit] = field(default_factory=dict, init=False, repr=False)
     _objectives: dict[str, Objective] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -69,7 +75,19 @@ class Worker:
             column = self.cfg.task.columns.get("prompt")
             if column:
                 self.prompts = [str(row[column]) for row in self.validation_rows]
-            self.validation = self.prepare(self.validation_rows)
+            self._validation = self.prepare(self.validation_rows)
+
+    @property
+    def validation(self) -> Any:
+        """The validation split prepared under prompting `none`: a `PreparedSplit`, typed as
+        the objective's own (tests and benchmarks read its kind-specific fields).
+
+        Raises:
+            UserError: the worker was built without validation rows (as export builds it).
+        """
+        if self._validation is None:
+            raise UserError("this worker was built without the validation split")
+        return self._validation
 
     def plan(self, params: dict[str, Any], resolved: dict[str, Any] | None = None) -> Plan:
         """A trial's steering (see `Planner.plan`)."""
@@ -88,7 +106,7 @@ class Worker:
             self._objectives[prompting] = make_objective(task, self.loaded.tokenizer)
         return self._objectives[prompting]
 
-    def validation_under(self, prompting: str) -> Any:
+    def validation_under(self, prompting: str) -> PreparedSplit:
         """The prepared validation split under `prompting` (prepared on first use)."""
         if prompting == NONE:
             return self.validation
@@ -100,7 +118,9 @@ class Worker:
             )
         return self._prompted[prompting]
 
-    def prepare(self, rows: list[Any], prompting: str = NONE, like: Any = None) -> Any:
+    def prepare(
+        self, rows: list[Any], prompting: str = NONE, like: PreparedSplit | None = None
+    ) -> PreparedSplit:
         """Tokenize a split once; cache its unsteered prompt prefix when the space can reuse it.
 
         `prompting` renders the prompts with the task's instruction (`instruction`); `like` is
@@ -109,7 +129,7 @@ class Worker:
         """
         objective = self.objective_under(prompting)
         prepared = objective.prepare(rows)
-        ids = getattr(prepared, "token_ids", None) or getattr(prepared, "prompt_ids", None) or []
+        ids = prepared.token_ids
         limit = self.cfg.task.max_prompt_tokens
         longest = max((len(x) for x in ids), default=0)
         if longest > limit:
@@ -119,7 +139,7 @@ class Worker:
                 "them or raise the limit"
             )
         objective.precompute(self.loaded.model, prepared, self.reuses_prompt_prefix)
-        if like is not None and getattr(like, "reference", None):
+        if like is not None and like.reference:
             prepared.reference = like.reference
         return prepared
 
@@ -157,7 +177,7 @@ class Worker:
     def score(
         self,
         plan: Plan | dict[str, Any],
-        prepared: Any,
+        prepared: PreparedSplit,
         report: Any = None,
         vectors: dict[int, torch.Tensor] | None = None,
         split: str = "validation",
@@ -173,11 +193,7 @@ class Worker:
         loaded = self.loaded
         # A trigger gate reads each sequence from its first token: no shared prompt prefix.
         trigger = app.gate is not None and bool(app.gate.trigger)
-        reuse = (
-            app.positions_rule.reuses_prompt_prefix
-            and getattr(prepared, "prefix", None)
-            and not trigger
-        )
+        reuse = app.positions_rule.reuses_prompt_prefix and bool(prepared.prefix) and not trigger
         kl_ref = self.kl_reference(split)
         residual = self.residual
         if residual is not None and residual.applies(app, vectors):
@@ -198,14 +214,14 @@ class Worker:
             assert isinstance(objective, ConstrainedObjective), objective.kind
             # Unsteered now: fluency is judged by the model we started from.
             measured = objective.fluency(loaded.model, prepared, result)
-            result.extras["fluency"] = measured
+            result.fluency = measured
             result.metrics.update(measured)
             constraints.update(objective.constraints(prepared, measured))
         kl_max = self.cfg.task.objective.kl.max
         if kl_max is not None and "kl" in result.metrics:
             constraints["kl"] = result.metrics["kl"] - kl_max
         if constraints:
-            result.extras["constraints"] = constraints
+            result.constraints = constraints
         return result
 
     def _add_kl(self, result: ScoreResult, kl_ref: KLReference, handle: Any) -> None:
@@ -213,12 +229,12 @@ class Worker:
         result.metrics["kl"] = sum(items) / len(items)
         result.metric_items["kl"] = items
 
-    def baseline_result(self, prepared: Any, split: str) -> ScoreResult:
+    def baseline_result(self, prepared: PreparedSplit, split: str) -> ScoreResult:
         """The unsteered result of a prepared split, side metrics included (KL is 0 by
         definition: the unsteered model against itself)."""
-        baseline = getattr(prepared, "baseline", None)  # generation keeps its unsteered run
+        baseline = prepared.baseline  # generation keeps its unsteered run
         if baseline is None:
-            reuse = getattr(prepared, "prefix", None) is not None
+            reuse = prepared.prefix is not None
             baseline = self.objective.score(self.loaded.model, prepared, reuse_prefix=reuse)
         kl_ref = self.kl_reference(split)
         if kl_ref is not None and "kl" not in baseline.metrics:
