@@ -105,7 +105,7 @@ def regenerate(layers: list[int] | None = None, alphas: tuple[float, ...] = ALPH
             if (layer, alpha) in rows:
                 continue
             result = worker.score(_params(layer, alpha), worker.validation)
-            feasible = all(v <= 0 for v in result.extras.get("constraints", {}).values())
+            feasible = all(v <= 0 for v in (result.constraints or {}).values())
             change = ""
             if alpha == alphas[0]:
                 vector = worker.planner.builder.vector("caa", "mean", layer, "relative")

@@ -110,7 +110,7 @@ def main() -> None:
     print("| setting | sentiment | kl | perplexity | distinct-2 | text quality | feasible |")
     print("|---|---|---|---|---|---|---|")
     print(_row("unsteered", base, {}))
-    texts = {"unsteered": base.extras["texts"][:2]}
+    texts = {"unsteered": (base.texts or [])[:2]}
     for layer, alpha, positions in settings:
         params = {
             "layer": layer,
@@ -123,12 +123,13 @@ def main() -> None:
         }
         result = worker.score(params, prepared)
         name = f"L{layer} alpha {alpha} {positions}"
-        print(_row(name, result, result.extras.get("constraints", {})), flush=True)
-        texts[name] = result.extras["texts"][:2]
-        worst = min(result.extras["texts"], key=text_quality)
+        print(_row(name, result, result.constraints or {}), flush=True)
+        generated = result.texts or []
+        texts[name] = generated[:2]
+        worst = min(generated, key=text_quality)
         print(f"<!-- worst: {' '.join(worst.split())[:120]!r} -->", flush=True)
         if args.all_texts:
-            for text in result.extras["texts"]:
+            for text in generated:
                 print(f"    {text_quality(text):.2f} {' '.join(text.split())[:160]!r}")
     print()
     for name, shown in texts.items():

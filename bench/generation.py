@@ -339,7 +339,7 @@ def main(quick: bool = False) -> None:
                 with steer(loaded.model, loaded.blocks, plan.vectors, plan.application):
                     result = worker.objective.score(loaded.model, prepared, reuse_prefix=reuse)
                 tokens["hpo generation"] = result.metrics["tokens"]
-                texts["continuations"] = result.extras["continuations"]
+                texts["continuations"] = result.continuations or []
 
             return run
 

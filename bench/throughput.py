@@ -67,12 +67,14 @@ def choice_scoring(loaded: Any, quick: bool, repeats: int) -> list[str]:
     """Forward-only A/B scoring: batched vs per-item, sorted vs unsorted, memory per batch size."""
     from hpo.run.tasks import load_task
     from objectives import make_objective
+    from objectives.choice_probability import PreparedChoices
 
     validation, batch = (3, 4) if quick else (8, 8)
     cfg = sycophancy(4, validation, f"task.objective.batch_size={batch}")
     task = load_task(cfg.task)
     objective = make_objective(cfg.task, loaded.tokenizer)
     prepared = objective.prepare(task.validation)
+    assert isinstance(prepared, PreparedChoices)
     n = len(prepared.variants)
     order = list(range(n))
     random.Random(0).shuffle(order)

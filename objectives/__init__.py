@@ -4,26 +4,44 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpo.core.columns import is_constant, option_index, option_texts, row_option
 from hpo.core.config import TaskConfig
 from hpo.core.errors import UserError
 from objectives._base import (
+    BaseObjective,
     ConstrainedObjective,
     ContrastivePair,
     Objective,
+    PreparedSplit,
     Reporter,
     ScoreResult,
 )
 from objectives.choice_probability import ChoiceProbability, rotate_options
-from objectives.generation import Generation
+from objectives.generation import Generation, PreparedPrompts
 from objectives.multiple_choice import MultipleChoice
-from objectives.scorers import SCORERS, get_scorer
+from objectives.scorers import SCORERS
 
-KINDS: dict[str, Any] = {
+KINDS: dict[str, type[BaseObjective]] = {
     "choice_probability": ChoiceProbability,
     "generation": Generation,
     "multiple_choice": MultipleChoice,
 }
+
+
+def kind_named(kind: str) -> type[BaseObjective]:
+    """The objective class of a kind.
+
+    Raises:
+        UserError: unknown kind (the message lists the known ones).
+    """
+    if kind not in KINDS:
+        raise UserError(f"task.objective.kind must be one of {sorted(KINDS)}, got {kind!r}")
+    return KINDS[kind]
+
+
+def prompt_fields(kind: str) -> frozenset[str]:
+    """The fields a kind fills into the prompt template besides the row's own (none for an
+    unknown kind, which `check_task` refuses)."""
+    return KINDS[kind].prompt_fields if kind in KINDS else frozenset()
 
 
 def check_task(cfg: TaskConfig) -> None:
@@ -34,51 +52,31 @@ def check_task(cfg: TaskConfig) -> None:
             role, a scorer that needs `columns.answer` without it, or a bad regex.
     """
     kind = cfg.objective.kind
-    if kind not in KINDS:
-        raise UserError(f"task.objective.kind must be one of {sorted(KINDS)}, got {kind!r}")
-    missing = [c for c in KINDS[kind].required_columns if c not in cfg.columns]
+    objective = kind_named(kind)
+    missing = [c for c in objective.required_columns if c not in cfg.columns]
     if missing:
         raise UserError(
             f"task {cfg.name!r}: objective {kind} needs task.columns.{missing[0]}, "
             f"got columns {dict(cfg.columns)}"
         )
     listed = [r for r, v in cfg.columns.items() if isinstance(v, list)]
-    if listed and kind != "multiple_choice":
+    if listed and not objective.lists_columns:
+        readers = " / ".join(sorted(k for k, c in KINDS.items() if c.lists_columns))
         raise UserError(
             f"task {cfg.name!r}: task.columns.{listed[0]} lists columns, which only objective "
-            f"multiple_choice reads (choices), got kind {kind!r}"
+            f"{readers} reads (choices), got kind {kind!r}"
         )
-    choices = cfg.columns.get("choices")
-    if kind == "multiple_choice" and isinstance(choices, list):
-        for role in ("answer", "negative"):
-            if role in cfg.columns and is_constant(role, cfg.columns[role], choices):
-                option_index(cfg.columns[role], len(choices), f"task.columns.{role}")
-    if kind == "generation":
-        scorer = get_scorer(cfg.objective.scorer, cfg.objective.pattern)
-        if scorer.needs_reference and "answer" not in cfg.columns:
-            raise UserError(
-                f"task {cfg.name!r}: scorer {cfg.objective.scorer} compares with a gold answer: "
-                f"set task.columns.answer, got columns {dict(cfg.columns)}"
-            )
+    objective.check_task(cfg)
 
 
 def check_rows(cfg: TaskConfig, rows: list[dict[str, Any]]) -> None:
-    """Check a split's rows against the task's column roles before any model loads.
-
-    Multiple choice: every row's options and its answer (and negative) option index.
+    """Check a split's rows against the task's column roles before any model loads (the kind's
+    own checks: multiple choice reads every row's options and answer option index).
 
     Raises:
         UserError: a row whose options or answer cannot be read (the column and the value).
     """
-    if cfg.objective.kind != "multiple_choice":
-        return
-    for row in rows:
-        n = len(option_texts(row, cfg.columns))
-        for role in ("answer", "negative"):
-            if role in cfg.columns and (
-                role == "answer" or row.get(cfg.columns[role], 0) is not None
-            ):
-                row_option(row, cfg.columns, role, n)
+    kind_named(cfg.objective.kind).check_rows(cfg, rows)
 
 
 def make_objective(cfg: TaskConfig, tokenizer: Any) -> Objective:
@@ -87,26 +85,28 @@ def make_objective(cfg: TaskConfig, tokenizer: Any) -> Objective:
     Raises:
         UserError: unknown kind (the message lists the known ones).
     """
-    kind = cfg.objective.kind
-    if kind not in KINDS:
-        raise UserError(f"task.objective.kind must be one of {sorted(KINDS)}, got {kind!r}")
-    objective: Objective = KINDS[kind](cfg, tokenizer)
+    objective: Objective = kind_named(cfg.objective.kind)(cfg, tokenizer)
     return objective
 
 
 __all__ = [
     "KINDS",
     "SCORERS",
+    "BaseObjective",
     "ChoiceProbability",
     "ConstrainedObjective",
     "ContrastivePair",
     "Generation",
     "MultipleChoice",
     "Objective",
+    "PreparedPrompts",
+    "PreparedSplit",
     "Reporter",
     "ScoreResult",
     "check_rows",
     "check_task",
+    "kind_named",
     "make_objective",
+    "prompt_fields",
     "rotate_options",
 ]

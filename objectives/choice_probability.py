@@ -24,7 +24,7 @@ from hpo.core.stats import spread
 from hpo.model.batching import length_sorted_batches, pad_left
 from hpo.model.decoding import keep_logits, prompt_prefix
 from hpo.model.kv import RepeatedPrefixes, scratch_cache, with_cache
-from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
+from objectives._base import BaseObjective, ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt
 from objectives.train_pairs import source_pairs
 
@@ -55,6 +55,9 @@ class PreparedChoices:
     prefix: list[Any] | None = None
     # The prefixes with their rows repeated, for passes that score several trials at once.
     repeated: RepeatedPrefixes = field(default_factory=RepeatedPrefixes, repr=False)
+    # `PreparedSplit`'s other fields: no fluency reference, no unsteered result kept.
+    reference: dict[str, float] = field(default_factory=dict)
+    baseline: ScoreResult | None = None
 
 
 def _letter(value: Any, column: str) -> str:
@@ -89,12 +92,11 @@ def rotate_options(text: str, shift: int) -> tuple[str, tuple[str, ...]]:
     return "".join(out), letters
 
 
-class ChoiceProbability:
+class ChoiceProbability(BaseObjective):
     """Objective kind `choice_probability` (see the module docstring)."""
 
     kind = "choice_probability"
     forward_only = True
-    constrained = False
     required_columns = ("prompt", "positive", "negative")
 
     def __init__(self, cfg: TaskConfig, tokenizer: Any) -> None:
@@ -108,6 +110,18 @@ class ChoiceProbability:
         self.tokenizer = tokenizer
         self.direction = cfg.objective.direction
         self._letter_ids: dict[str, int] = {}
+
+    @property
+    def attribution(self) -> tuple[str, str]:
+        """The answer-letter log-odds at the answer position, which the score is monotone in."""
+        return ("letter", "sum")
+
+    def bias_cause(self) -> str:
+        """A letter prior, or the text before the letter."""
+        return (
+            "likely a letter prior or the answer format (task.objective.balance=swap scores "
+            "every option order; task.answer_prefix sets what precedes the letter)"
+        )
 
     def letter_id(self, letter: str) -> int:
         """The single token id of an answer letter as it follows the answer prefix."""
@@ -271,7 +285,12 @@ class ChoiceProbability:
             n_options[v.item] = len(v.letters)
         # uniform answers: 1 / n letters per item (a baseline below it is a format bias)
         chance = chance_items(n_options)
-        extras: dict[str, Any] = {"chance": sum(chance) / len(chance), "chance_items": chance}
-        # An item's own noise: the spread of its score over its option orders.
-        extras["item_noise"] = [spread(xs) for xs in per_item_lists]
-        return ScoreResult(sum(per_item) / len(per_item), per_item, per_letter, extras=extras)
+        return ScoreResult(
+            sum(per_item) / len(per_item),
+            per_item,
+            per_letter,
+            chance=sum(chance) / len(chance),
+            chance_items=chance,
+            # An item's own noise: the spread of its score over its option orders.
+            item_noise=[spread(xs) for xs in per_item_lists],
+        )

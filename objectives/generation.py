@@ -22,7 +22,7 @@ from hpo.core.progress import progress
 from hpo.model.batching import length_sorted_batches, pad_left
 from hpo.model.decoding import finish, generate_ids, prompt_prefix
 from hpo.model.kv import RepeatedPrefixes
-from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
+from objectives._base import BaseObjective, ContrastivePair, Reporter, Row, ScoreResult
 from objectives.fluency import distinct2, perplexities, perplexities_from_prefix
 from objectives.math_answer import final_answer, worked_answer
 from objectives.prompts import render_prompt
@@ -66,23 +66,38 @@ class _Continuations:
         self.per_item = [0.0] * n
 
 
-class Generation:
+class Generation(BaseObjective):
     """Objective kind `generation` (see the module docstring)."""
 
     kind = "generation"
     forward_only = False
     required_columns = ("prompt",)
 
+    @classmethod
+    def check_task(cls, cfg: TaskConfig) -> None:
+        """A scorer that compares with a gold answer needs `columns.answer`."""
+        scorer = get_scorer(cfg.objective.scorer, cfg.objective.pattern)
+        if scorer.needs_reference and "answer" not in cfg.columns:
+            raise UserError(
+                f"task {cfg.name!r}: scorer {cfg.objective.scorer} compares with a gold answer: "
+                f"set task.columns.answer, got columns {dict(cfg.columns)}"
+            )
+
+    def bundle_record(self) -> dict[str, Any]:
+        """The decoding the numbers were measured with (`hpo generate` replays it)."""
+        objective = self.cfg.objective
+        return {
+            "max_new_tokens": objective.max_new_tokens,
+            "stop": list(objective.stop),
+            "chat_template": self.cfg.chat_template,
+        }
+
     def __init__(self, cfg: TaskConfig, tokenizer: Any) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.direction = cfg.objective.direction
         self.scorer = get_scorer(cfg.objective.scorer, cfg.objective.pattern)
-        if self.scorer.needs_reference and "answer" not in cfg.columns:
-            raise UserError(
-                f"task {cfg.name!r}: scorer {cfg.objective.scorer} compares with a gold answer: "
-                f"set task.columns.answer, got columns {dict(cfg.columns)}"
-            )
+        self.check_task(cfg)
 
     @property
     def constrained(self) -> bool:
@@ -180,7 +195,7 @@ class Generation:
         report: Reporter | None = None,
         reuse_prefix: bool = False,
     ) -> ScoreResult:
-        """Mean scorer value of the greedy continuations (kept in `extras` for fluency).
+        """Mean scorer value of the greedy continuations (kept in the result for fluency).
 
         `reuse_prefix` generates from `build_prefix`'s caches: exact when steering starts at the
         prompt's end (`positions: prompt_end_onward` or `generated`) and no trigger gate reads
@@ -225,15 +240,13 @@ class Generation:
         return ScoreResult(
             sum(acc.per_item) / len(acc.per_item),
             acc.per_item,
-            extras={
-                "continuations": acc.continuations,
-                "texts": acc.texts,
-                "extracted": acc.extracted,
-                "references": refs,
-                "counts": counts,
-            },
             metrics={"tokens": sum(tokens) / len(tokens)},
             metric_items={"tokens": tokens},
+            continuations=acc.continuations,
+            texts=acc.texts,
+            extracted=acc.extracted,
+            references=refs,
+            counts=counts,
         )
 
     def fluency(
@@ -241,7 +254,8 @@ class Generation:
     ) -> dict[str, float]:
         """Mean perplexity (under `model` as it is now: call unsteered), distinct-2 and text
         quality (share of dictionary-like words, markup stripped: `objectives.text_quality`)."""
-        conts = result.extras["continuations"]
+        conts, texts = result.continuations, result.texts
+        assert conts is not None and texts is not None, "a generation result"
         pad = self.tokenizer.pad_token_id
         if prepared.prefix is not None:
             # Unsteered: the prompts' cached states are exactly what this pass needs.
@@ -254,7 +268,7 @@ class Generation:
         return {
             "perplexity": sum(ppl) / len(ppl),
             "distinct2": sum(d2) / len(d2),
-            "text_quality": mean_text_quality(result.extras["texts"]),
+            "text_quality": mean_text_quality(texts),
         }
 
     def precompute(self, model: Any, prepared: PreparedPrompts, prefix: bool) -> None:

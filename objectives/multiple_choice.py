@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from hpo.core.chance import chance_items
-from hpo.core.columns import is_constant, option_texts, row_option
+from hpo.core.columns import is_constant, option_index, option_texts, row_option
 from hpo.core.config import TaskConfig
 from hpo.core.errors import UserError
 from hpo.core.progress import progress
 from hpo.core.stats import spread
 from hpo.model.batching import length_sorted_batches, pad_left
 from hpo.model.kv import output_cache, scratch_cache, with_cache
-from objectives._base import ContrastivePair, Reporter, Row, ScoreResult
+from objectives._base import BaseObjective, ContrastivePair, Reporter, Row, ScoreResult
 from objectives.prompts import render_prompt, template_fields
 from objectives.train_pairs import source_pairs
 
@@ -60,15 +60,63 @@ class PreparedMc:
     option_ids: list[list[list[int]]]
     batches: list[list[int]]
     n_items: int
+    # `PreparedSplit`'s other fields: no prefix (options run on the prompt's own KV cache), no
+    # fluency reference, no unsteered result kept.
+    prefix: list[Any] | None = None
+    reference: dict[str, float] = field(default_factory=dict)
+    baseline: ScoreResult | None = None
+
+    @property
+    def token_ids(self) -> list[list[int]]:
+        """The prompts' token ids (`PreparedSplit`)."""
+        return self.prompt_ids
 
 
-class MultipleChoice:
+class MultipleChoice(BaseObjective):
     """Objective kind `multiple_choice` (see the module docstring)."""
 
     kind = "multiple_choice"
     forward_only = False  # options run on the prompt's own KV cache
-    constrained = False
     required_columns = ("prompt", "choices", "answer")
+    prompt_fields = frozenset({"options"})
+    lists_columns = True  # `choices` may list one column per option
+
+    @classmethod
+    def check_task(cls, cfg: TaskConfig) -> None:
+        """A constant answer (or negative) must be a valid option index or letter."""
+        choices = cfg.columns.get("choices")
+        if isinstance(choices, list):
+            for role in ("answer", "negative"):
+                if role in cfg.columns and is_constant(role, cfg.columns[role], choices):
+                    option_index(cfg.columns[role], len(choices), f"task.columns.{role}")
+
+    @classmethod
+    def check_rows(cls, cfg: TaskConfig, rows: Sequence[Row]) -> None:
+        """Every row's options and its answer (and negative) option index."""
+        for row in rows:
+            n = len(option_texts(row, cfg.columns))
+            for role in ("answer", "negative"):
+                if role in cfg.columns and (
+                    role == "answer" or row.get(cfg.columns[role], 0) is not None
+                ):
+                    row_option(row, cfg.columns, role, n)
+
+    @property
+    def attribution(self) -> tuple[str, str]:
+        """The options' log-odds, their tokens reduced as the score reduces them."""
+        return ("loglik", self.cfg.objective.loglik)
+
+    def bias_cause(self) -> str:
+        """The option length (under `loglik`) or the option order."""
+        loglik = self.cfg.objective.loglik
+        other = "sum" if loglik == "mean" else "mean"
+        favours = "long" if loglik == "mean" else "short"
+        return (
+            f"likely the option length (task.objective.loglik={loglik} favours {favours} "
+            f"options; try task.objective.loglik={other}) or the option order "
+            "(task.objective.balance=swap with {options} in task.prompt_template scores every "
+            "order)"
+        )
 
     def __init__(self, cfg: TaskConfig, tokenizer: Any) -> None:
         self.cfg = cfg
@@ -274,17 +322,15 @@ class MultipleChoice:
             sum(per_item) / len(per_item),
             per_item,
             per_letter,
-            extras={
-                "accuracy": sum(accuracy) / len(accuracy),
-                "per_item_accuracy": accuracy,
-                # uniform answers: 1 / n options per item (a baseline below it is a format bias)
-                "chance": sum(chance) / len(chance),
-                "chance_items": chance,
-                # An item's own noise: the spread of its score over its option orders.
-                "item_noise": _by_item(prepared, prob, spread),
-            },
             metrics={"accuracy": sum(accuracy) / len(accuracy)},
             metric_items={"accuracy": accuracy},
+            # uniform answers: 1 / n options per item (a baseline below it is a format bias)
+            chance=sum(chance) / len(chance),
+            chance_items=chance,
+            # An item's own noise: the spread of its score over its option orders.
+            item_noise=_by_item(prepared, prob, spread),
+            accuracy=sum(accuracy) / len(accuracy),
+            per_item_accuracy=accuracy,
         )
 
 

@@ -41,28 +41,15 @@ def below_chance(
 
 
 def format_bias_message(
-    kind: str, value: float, chance: float, interval: tuple[float, float], loglik: str
+    value: float, chance: float, interval: tuple[float, float], cause: str
 ) -> str:
-    """One line: a baseline below chance, its likely cause and the task keys that change it."""
+    """One line: a baseline below chance, its likely `cause` (the objective's own
+    `bias_cause()`, naming the task keys that change it) and why it matters."""
     lo, hi = interval
     head = (
         f"the unsteered baseline {value:.4f} is below chance {chance:.4f} (95% CI of the "
         f"difference [{lo:+.4f}, {hi:+.4f}]): a format bias, not the behaviour"
     )
-    if kind == "multiple_choice":
-        other = "sum" if loglik == "mean" else "mean"
-        favours = "long" if loglik == "mean" else "short"
-        cause = (
-            f"likely the option length (task.objective.loglik={loglik} favours {favours} "
-            f"options; try task.objective.loglik={other}) or the option order "
-            "(task.objective.balance=swap with {options} in task.prompt_template scores every "
-            "order)"
-        )
-    else:
-        cause = (
-            "likely a letter prior or the answer format (task.objective.balance=swap scores "
-            "every option order; task.answer_prefix sets what precedes the letter)"
-        )
     return (
         f"{head}; {cause}. Steering that only breaks the model moves such a score towards "
         "chance and looks like a gain"
@@ -95,12 +82,13 @@ def chance_report(
     chance: Sequence[float] | None,
     seed: int = 0,
     recorded: str | None = None,
+    cause: str = "",
 ) -> dict[str, Any]:
     """A split's chance level and the warnings it calls for (empty for kinds without one).
 
     Returns `{"chance": level, "warnings": [...]}`: a baseline below chance (format bias, its
-    likely cause and the task keys that change it; `recorded` is the validation split's message
-    from the study start) and a gain that mostly closes the gap to chance.
+    likely `cause` and the task keys that change it; `recorded` is the validation split's
+    message from the study start) and a gain that mostly closes the gap to chance.
     """
     if not chance or not baseline_items:
         return {}
@@ -109,7 +97,7 @@ def chance_report(
     warnings = [f"validation: {recorded}"] if recorded else []
     below = below_chance(baseline_items, chance, seed)
     if below is not None:
-        message = format_bias_message(objective.kind, baseline, level, below, objective.loglik)
+        message = format_bias_message(baseline, level, below, cause)
         warnings.append(f"test: {message}")
     towards = towards_chance_message(baseline, steered, level, objective.direction)
     if towards is not None:

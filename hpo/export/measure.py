@@ -21,6 +21,7 @@ from hpo.core.record import (
     BASELINE_METRICS_ATTR,
     BASELINE_VALUE_ATTR,
     PROMPTED_VALUE_ATTR,
+    meets,
     per_letter,
 )
 from hpo.core.selection import values_of
@@ -31,7 +32,7 @@ from hpo.run.planner import Plan
 from hpo.run.tasks import load_task
 from hpo.run.worker import Worker
 from hpo.steering.hooks import steer
-from objectives import ScoreResult
+from objectives import Generation, PreparedPrompts, PreparedSplit, ScoreResult
 from search_spaces import PROMPTING_PARAM
 
 # Test prompts whose continuations the bundle records (and `hpo generate replay=true` replays).
@@ -79,9 +80,9 @@ class TestSplit:
     instruction, the prompted baseline's (scored once, whatever the export measures)."""
 
     rows: list[Any]
-    prepared: Any
+    prepared: PreparedSplit
     baseline: ScoreResult
-    prompted: Any = None
+    prompted: PreparedSplit | None = None
     prompted_baseline: ScoreResult | None = None
 
     @classmethod
@@ -96,7 +97,7 @@ class TestSplit:
             test.prompted_baseline = worker.baseline_result(test.prompted, "test")
         return test
 
-    def under(self, prompting: str) -> Any:
+    def under(self, prompting: str) -> PreparedSplit:
         """The prepared split a trial of this `prompting` is scored on."""
         if prompting == NONE:
             return self.prepared
@@ -137,33 +138,31 @@ def measure(
         worker.cfg.task.objective,
         steered.value,
         baseline.per_item,
-        baseline.extras.get("chance_items"),
+        baseline.chance_items,
         seed,
         study.user_attrs.get(CHANCE_BIAS_ATTR),
+        worker.objective.bias_cause(),
     )
     warnings += chance.pop("warnings", [])
     extra: dict[str, Any] = {}
-    if "texts" in steered.extras:
+    if steered.texts is not None:
         extra["samples"] = replay_samples(worker, plan, test_rows, prepared)
-    if "counts" in steered.extras:  # answers that could not be parsed (scored as wrong)
-        extra["unparsed"] = {
-            "steered": steered.extras["counts"],
-            "baseline": baseline.extras.get("counts", {}),
-        }
-    if "per_item_accuracy" in steered.extras and "per_item_accuracy" in baseline.extras:
-        s_acc, b_acc = steered.extras["per_item_accuracy"], baseline.extras["per_item_accuracy"]
+    if steered.counts is not None:  # answers that could not be parsed (scored as wrong)
+        extra["unparsed"] = {"steered": steered.counts, "baseline": baseline.counts or {}}
+    s_acc, b_acc = steered.per_item_accuracy, baseline.per_item_accuracy
+    if s_acc is not None and b_acc is not None:
         a_lo, a_hi = bootstrap_diff_ci(s_acc, b_acc, seed=worker.cfg.study.seed)
         extra["accuracy"] = {
-            "steered": steered.extras["accuracy"],
-            "baseline": baseline.extras["accuracy"],
+            "steered": steered.accuracy,
+            "baseline": baseline.accuracy,
             "ci95": [a_lo, a_hi],
         }
-    constraints = steered.extras.get("constraints", {})
-    feasible = all(v <= 0 for v in constraints.values())
-    if "fluency" in steered.extras:
+    constraints = steered.constraints or {}
+    feasible = meets(constraints)
+    if steered.fluency is not None:
         extra["fluency"] = {
-            "steered": steered.extras["fluency"],
-            "baseline": getattr(prepared, "reference", {}),
+            "steered": steered.fluency,
+            "baseline": prepared.reference,
             "feasible": feasible,
         }
     if not feasible:
@@ -173,8 +172,8 @@ def measure(
         steered.per_item,
         baseline.per_item,
         direction,
-        steered.extras.get("item_noise"),
-        baseline.extras.get("item_noise"),
+        steered.item_noise,
+        baseline.item_noise,
     )
     instruction = worker.cfg.task.instructed
     if test.prompted_baseline is not None and instruction is not None:
@@ -219,16 +218,19 @@ def measure(
 
 
 def replay_samples(
-    worker: Worker, plan: Plan, rows: list[Any], prepared: Any, n: int = N_SAMPLES
+    worker: Worker, plan: Plan, rows: list[Any], prepared: PreparedSplit, n: int = N_SAMPLES
 ) -> list[dict[str, Any]]:
     """The first `n` test prompts generated unsteered and steered, one prompt at a time.
 
     Alone (no padding), so `hpo generate replay=true` and `load_bundle(...).apply(model)` +
     `model.generate` reproduce them token for token: each sample keeps the exact prompt text and
     both continuations' token ids. `correct` (tasks with a gold answer) scores these texts.
+    Generation kinds only (the others generate no text).
     """
     cfg, loaded = worker.cfg, worker.loaded
-    objective: Any = worker.objective
+    objective = worker.objective
+    assert isinstance(objective, Generation), objective.kind
+    assert isinstance(prepared, PreparedPrompts), type(prepared)
     ids = prepared.token_ids[:n]
     stop = cfg.task.objective.stop or None
     budget = cfg.task.objective.max_new_tokens
@@ -248,7 +250,7 @@ def replay_samples(
             "unsteered_ids": u_ids,
             "steered_ids": s_ids,
         }
-        refs = getattr(prepared, "references", None) or []
+        refs = prepared.references
         if i < len(refs) and refs[i] is not None:
             sample["reference"] = refs[i]
             sample["correct"] = {
@@ -270,7 +272,7 @@ def measure_every_position(worker: Worker, plan: Plan, test: TestSplit) -> dict[
     steered, baseline = worker.score(plan, prepared, split="test"), test.baseline
     seed = worker.cfg.study.seed
     lo, hi = bootstrap_diff_ci(steered.per_item, baseline.per_item, seed=seed)
-    constraints = steered.extras.get("constraints", {})
+    constraints = steered.constraints or {}
     out: dict[str, Any] = {
         "positions": "all",
         "steered": steered.value,
@@ -278,16 +280,16 @@ def measure_every_position(worker: Worker, plan: Plan, test: TestSplit) -> dict[
         "n": steered.n,
         "difference": steered.value - baseline.value,
         "ci95": [lo, hi],
-        "feasible": all(v <= 0 for v in constraints.values()),
+        "feasible": meets(constraints),
         "metrics": _compare_all(steered, baseline, seed),
     }
-    if "fluency" in steered.extras:
-        out["fluency"] = steered.extras["fluency"]
-    if "texts" in steered.extras:
+    if steered.fluency is not None:
+        out["fluency"] = steered.fluency
+    if steered.texts is not None:
         column = worker.cfg.task.columns["prompt"]
         out["samples"] = [
             {"prompt": str(row[column]), "steered": text}
-            for row, text in zip(test.rows[:N_SAMPLES], steered.extras["texts"], strict=False)
+            for row, text in zip(test.rows[:N_SAMPLES], steered.texts, strict=False)
         ]
     return out
 

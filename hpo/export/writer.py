@@ -267,12 +267,9 @@ def write_bundle(
         "instruction": None if instruction is None else instruction.record(),
         "chat_template": cfg.task.chat_template,
     }
-    if cfg.task.objective.kind == "generation":
-        meta["generation"] = {
-            "max_new_tokens": cfg.task.objective.max_new_tokens,
-            "stop": list(cfg.task.objective.stop),
-            "chat_template": cfg.task.chat_template,
-        }
+    record = worker.objective.bundle_record()  # generation: its decoding settings
+    if record is not None:
+        meta[worker.objective.kind] = record
     meta["model"]["model_type"] = str(getattr(worker.loaded.model.config, "model_type", ""))
     tmp = staging_dir(target)
     try:

@@ -130,7 +130,7 @@ def upload_best(
             str(vec),
         )
         table = root / f"trial{trial.number}_validation_scores.csv"
-        write_scores_csv(table, result.per_item, prompts, result.extras.get("texts"), baseline)
+        write_scores_csv(table, result.per_item, prompts, result.texts, baseline)
         png = root / f"trial{trial.number}_validation_scores.png"
         plot_scores(png, trial.number, result.per_item, baseline, baseline_value, label)
         for path, mime in (

@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 SELECTION_ATTR = "layer_selection"
 # Quantity per objective kind: the choice kinds' answer-letter log-odds, else the completions'.
-LETTER_KINDS = ("choice_probability",)
 
 
 @dataclass(frozen=True)
@@ -132,9 +131,7 @@ def rank_layers(worker: Worker, train: list[dict[str, Any]] | None = None) -> La
         layer: worker.planner.builder.vector(method, aggregation, layer, space.alpha_scale)
         for layer in range(n_layers)
     }
-    kind = cfg.task.objective.kind
-    quantity = "letter" if kind in LETTER_KINDS else "loglik"
-    reduce = cfg.task.objective.loglik if kind == "multiple_choice" else "sum"
+    quantity, reduce = worker.objective.attribution
     effects = attribute_layers(
         worker.loaded, pairs, vectors, positions, quantity, reduce, selection.batch_size
     )

@@ -16,6 +16,7 @@ from hpo.core.columns import data_columns
 from hpo.core.config import KLConfig, TaskConfig
 from hpo.core.errors import UserError
 from hpo.core.paths import PKG_SCHEME, resolve_source
+from objectives import prompt_fields
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def same_source(a: str, b: str) -> bool:
 
 
 def _check_template(cfg: TaskConfig, row: Row, where: str = "") -> None:
-    known = {"prompt", *row} | ({"options"} if cfg.objective.kind == "multiple_choice" else set())
+    known = {"prompt", *row} | prompt_fields(cfg.objective.kind)
     if where:  # a separate train_source: its rows fill the train prompts' fields
         known = {"prompt", *row}
     templates = {"prompt_template": cfg.prompt_template}

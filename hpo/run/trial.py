@@ -200,7 +200,7 @@ class TrialRunner:
         Raises:
             TrialFailure: a value is non-finite, or a metric the study optimizes is missing.
         """
-        extras, vectors = result.extras, start.plan.vectors
+        vectors = start.plan.vectors
         TrialRecord(
             time_vector_s=timings.vector_s,
             time_score_s=timings.score_s,
@@ -209,18 +209,18 @@ class TrialRunner:
             derived={n: start.params[n] for n in self.space.derived if n in start.params},
             info=start.plan.info,
             per_letter=result.per_letter,
-            fluency=extras.get("fluency", {}),
-            counts=extras.get("counts", {}),
-            accuracy=extras.get("accuracy"),
-            chance=extras.get("chance"),
-            constraints=extras.get("constraints"),
+            fluency=result.fluency or {},
+            counts=result.counts or {},
+            accuracy=result.accuracy,
+            chance=result.chance,
+            constraints=result.constraints,
         ).write(trial)
         named = metric_values(result.value, result.metrics)
         values = self._values(named, result.value)
         record_metrics(trial, named)
         study = trial.study
         if start.is_prompted:
-            record_reference(study, True, values[0], named, extras.get("constraints"))
+            record_reference(study, True, values[0], named, result.constraints)
         elif start.is_baseline:
             record_reference(study, False, values[0], named)
             self._check_chance(study, result)
@@ -260,17 +260,14 @@ class TrialRunner:
 
     def _check_chance(self, study: optuna.Study, result: ScoreResult) -> None:
         """Record the chance level at study start and report a baseline below it."""
-        if "chance" not in result.extras:
+        chance, items = result.chance, result.chance_items
+        if chance is None or items is None:
             return
-        study.set_user_attr(CHANCE_ATTR, float(result.extras["chance"]))
-        cfg = self.worker.cfg
-        below = below_chance(result.per_item, result.extras["chance_items"], cfg.study.seed)
+        study.set_user_attr(CHANCE_ATTR, float(chance))
+        below = below_chance(result.per_item, items, self.worker.cfg.study.seed)
         if below is not None:
-            objective = cfg.task.objective
-            chance = result.extras["chance"]
-            message = format_bias_message(
-                objective.kind, result.value, chance, below, objective.loglik
-            )
+            cause = self.worker.objective.bias_cause()
+            message = format_bias_message(result.value, chance, below, cause)
             study.set_user_attr(CHANCE_BIAS_ATTR, message)
             log.warning("validation: %s", message)
 

@@ -22,7 +22,13 @@ from hpo.steering.activations import ActivationCache
 from hpo.steering.application import Application
 from hpo.steering.hooks import steer, steer_groups
 from hpo.steering.residual import ResidualCache, SteeredAbove
-from objectives import ConstrainedObjective, Objective, ScoreResult, make_objective
+from objectives import (
+    ConstrainedObjective,
+    Objective,
+    PreparedSplit,
+    ScoreResult,
+    make_objective,
+)
 from objectives.kl import KLReference, build_reference, kl_per_prompt, kl_per_prompt_groups
 
 
@@ -51,14 +57,14 @@ class Worker:
     residual: ResidualCache | None = field(default=None)
     planner: Planner = field(init=False)
     # The validation split prepared under prompting `none` (None without validation rows).
-    validation: Any = field(default=None, init=False)
+    _validation: PreparedSplit | None = field(default=None, init=False, repr=False)
     # The validation split's prompt texts: what the best trials' artifacts (per-item CSV and
     # plot) show beside their scores (None: no prompt column or no validation rows).
     prompts: list[str] | None = field(default=None, init=False)
     # Unsteered KL reference per split ("validation", "test"), built on first use.
     kl: dict[str, KLReference] = field(default_factory=dict, init=False)
     # Per prompting other than `none`: its objective and prepared validation split (first use).
-    _prompted: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _prompted: dict[str, PreparedSplit] = field(default_factory=dict, init=False, repr=False)
     _objectives: dict[str, Objective] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -71,7 +77,19 @@ class Worker:
             column = self.cfg.task.columns.get("prompt")
             if column:
                 self.prompts = [str(row[column]) for row in self.validation_rows]
-            self.validation = self.prepare(self.validation_rows)
+            self._validation = self.prepare(self.validation_rows)
+
+    @property
+    def validation(self) -> Any:
+        """The validation split prepared under prompting `none`: a `PreparedSplit`, typed as
+        the objective's own (tests and benchmarks read its kind-specific fields).
+
+        Raises:
+            UserError: the worker was built without validation rows (as export builds it).
+        """
+        if self._validation is None:
+            raise UserError("this worker was built without the validation split")
+        return self._validation
 
     def plan(self, params: dict[str, Any], resolved: dict[str, Any] | None = None) -> Plan:
         """A trial's steering (see `Planner.plan`)."""
@@ -90,7 +108,7 @@ class Worker:
             self._objectives[prompting] = make_objective(task, self.loaded.tokenizer)
         return self._objectives[prompting]
 
-    def validation_under(self, prompting: str) -> Any:
+    def validation_under(self, prompting: str) -> PreparedSplit:
         """The prepared validation split under `prompting` (prepared on first use)."""
         if prompting == NONE:
             return self.validation
@@ -102,7 +120,9 @@ class Worker:
             )
         return self._prompted[prompting]
 
-    def prepare(self, rows: list[Any], prompting: str = NONE, like: Any = None) -> Any:
+    def prepare(
+        self, rows: list[Any], prompting: str = NONE, like: PreparedSplit | None = None
+    ) -> PreparedSplit:
         """Tokenize a split once; cache its unsteered prompt prefix when the space can reuse it.
 
         `prompting` renders the prompts with the task's instruction (`instruction`); `like` is
@@ -111,7 +131,7 @@ class Worker:
         """
         objective = self.objective_under(prompting)
         prepared = objective.prepare(rows)
-        ids = getattr(prepared, "token_ids", None) or getattr(prepared, "prompt_ids", None) or []
+        ids = prepared.token_ids
         limit = self.cfg.task.max_prompt_tokens
         longest = max((len(x) for x in ids), default=0)
         if longest > limit:
@@ -121,7 +141,7 @@ class Worker:
                 "them or raise the limit"
             )
         objective.precompute(self.loaded.model, prepared, self.reuses_prompt_prefix)
-        if like is not None and getattr(like, "reference", None):
+        if like is not None and like.reference:
             prepared.reference = like.reference
         return prepared
 
@@ -156,14 +176,12 @@ class Worker:
             )
         return self.kl[split]
 
-    def _reuses_prefix(self, app: Application, prepared: Any) -> bool:
+    def _reuses_prefix(self, app: Application, prepared: PreparedSplit) -> bool:
         """Whether a trial under `app` can start from `prepared`'s unsteered prompt prefix (a
         trigger gate reads each sequence from its first token: no shared prefix)."""
         trigger = app.gate is not None and bool(app.gate.trigger)
         rule = app.positions_rule
-        return (
-            rule.reuses_prompt_prefix and bool(getattr(prepared, "prefix", None)) and not trigger
-        )
+        return rule.reuses_prompt_prefix and bool(prepared.prefix) and not trigger
 
     def shares_pass(self, plan: Plan) -> bool:
         """Whether a plan can share a batched pass with other trials (`score_groups`): every
@@ -174,7 +192,7 @@ class Worker:
     def score(
         self,
         plan: Plan | dict[str, Any],
-        prepared: Any,
+        prepared: PreparedSplit,
         report: Any = None,
         vectors: dict[int, torch.Tensor] | None = None,
         split: str = "validation",
@@ -207,7 +225,7 @@ class Worker:
         return result
 
     def score_groups(
-        self, plans: Sequence[Plan], prepared: Any, reports: Sequence[Any]
+        self, plans: Sequence[Plan], prepared: PreparedSplit, reports: Sequence[Any]
     ) -> list[ScoreResult]:
         """Several trials scored in one batched pass on the validation split, side metrics
         included: every batch holds each prompt once per plan, row group `g` under `plans[g]`
@@ -232,7 +250,7 @@ class Worker:
             self._constrain(result, prepared)
         return results
 
-    def _constrain(self, result: ScoreResult, prepared: Any) -> None:
+    def _constrain(self, result: ScoreResult, prepared: PreparedSplit) -> None:
         """The objective's own constraints (fluency, measured unsteered) and the KL bound."""
         constraints: dict[str, float] = {}
         objective = self.objective
@@ -240,14 +258,14 @@ class Worker:
             assert isinstance(objective, ConstrainedObjective), objective.kind
             # Unsteered now: fluency is judged by the model we started from.
             measured = objective.fluency(self.loaded.model, prepared, result)
-            result.extras["fluency"] = measured
+            result.fluency = measured
             result.metrics.update(measured)
             constraints.update(objective.constraints(prepared, measured))
         kl_max = self.cfg.task.objective.kl.max
         if kl_max is not None and "kl" in result.metrics:
             constraints["kl"] = result.metrics["kl"] - kl_max
         if constraints:
-            result.extras["constraints"] = constraints
+            result.constraints = constraints
 
     def _add_kl(self, result: ScoreResult, kl_ref: KLReference, handle: Any) -> None:
         self._set_kl(result, kl_per_prompt(self.loaded.model, kl_ref, handle))
@@ -256,12 +274,12 @@ class Worker:
         result.metrics["kl"] = sum(items) / len(items)
         result.metric_items["kl"] = items
 
-    def baseline_result(self, prepared: Any, split: str) -> ScoreResult:
+    def baseline_result(self, prepared: PreparedSplit, split: str) -> ScoreResult:
         """The unsteered result of a prepared split, side metrics included (KL is 0 by
         definition: the unsteered model against itself)."""
-        baseline = getattr(prepared, "baseline", None)  # generation keeps its unsteered run
+        baseline = prepared.baseline  # generation keeps its unsteered run
         if baseline is None:
-            reuse = getattr(prepared, "prefix", None) is not None
+            reuse = prepared.prefix is not None
             baseline = self.objective.score(self.loaded.model, prepared, reuse_prefix=reuse)
         kl_ref = self.kl_reference(split)
         if kl_ref is not None and "kl" not in baseline.metrics:

@@ -96,9 +96,10 @@ def test_generation_reports_mean_generated_tokens_up_to_eos(tiny_model_dir: Path
     objective = Generation(cfg, tiny.tokenizer)
     prepared = objective.prepare([{"prompt": "Tell me a story."}, {"prompt": "Hi."}])
     result = objective.score(tiny.model, prepared)
-    lengths = [len(c) for c in result.extras["continuations"]]
+    assert result.continuations is not None
+    lengths = [len(c) for c in result.continuations]
     eos = tiny.tokenizer.eos_token_id
-    assert all(eos not in c for c in result.extras["continuations"])
+    assert all(eos not in c for c in result.continuations)
     assert result.metric_items["tokens"] == [float(n) for n in lengths]
     assert result.metrics["tokens"] == sum(lengths) / 2
     assert all(0 <= n <= 6 for n in lengths)
@@ -118,7 +119,8 @@ def test_math_generation_on_smollm2_reads_the_answers_it_gets_right(smollm2: Loa
     ]
     result = objective.score(smollm2.model, objective.prepare(rows))
     # measured: greedy SmolLM2 works both out and ends "The answer is 5." / "... 36."
-    assert result.per_item == [1.0, 1.0], result.extras["texts"]
-    assert result.extras["extracted"] == ["5", "36"]
-    assert result.extras["counts"] == {"n_unparsed": 0, "n_timeout": 0}
-    assert all(t.endswith(".") and "Question:" not in t for t in result.extras["texts"])
+    assert result.per_item == [1.0, 1.0], result.texts
+    assert result.extracted == ["5", "36"]
+    assert result.counts == {"n_unparsed": 0, "n_timeout": 0}
+    assert result.texts is not None
+    assert all(t.endswith(".") and "Question:" not in t for t in result.texts)

@@ -75,8 +75,8 @@ def test_score_reports_probability_accuracy_and_per_letter(tiny: LoadedModel) ->
     assert result.n == 2
     assert 0.0 < result.value < 1.0
     assert set(result.per_letter) == {"A", "B", "C"}
-    assert 0.0 <= result.extras["accuracy"] <= 1.0
-    assert len(result.extras["per_item_accuracy"]) == 2
+    assert result.accuracy is not None and 0.0 <= result.accuracy <= 1.0
+    assert result.per_item_accuracy is not None and len(result.per_item_accuracy) == 2
 
 
 def test_a_bad_answer_column_is_a_user_error(tiny: LoadedModel) -> None:

@@ -35,6 +35,7 @@ from hpo.monitor.status import render_status
 from hpo.run.tasks import load_task
 from hpo.run.worker import Worker
 from objectives import make_objective
+from objectives.choice_probability import PreparedChoices
 from objectives.prompts import render_prompt
 from tests.conftest import compose_run, tiny_overrides
 from tests.hpo_tests.run_tests.test_study import run_study
@@ -76,6 +77,7 @@ def test_the_prompted_baseline_is_the_unsteered_model_with_exactly_the_instructi
     rows = load_task(cfg.task).validation
     objective = make_objective(cfg.task.under(INSTRUCTION), tiny.tokenizer)
     prepared = objective.prepare(rows)
+    assert isinstance(prepared, PreparedChoices)
     text = render_prompt(cfg.task, tiny.tokenizer, "Q?", cfg.task.answer_prefix)
     with_ask = render_prompt(
         cfg.task.under(INSTRUCTION), tiny.tokenizer, "Q?", cfg.task.answer_prefix

@@ -14,7 +14,7 @@ import pytest
 from hpo.cli.command import main
 from hpo.model.loading import LoadedModel
 from hpo.run.tasks import load_task
-from objectives import make_objective
+from objectives import PreparedPrompts, make_objective
 from tests.conftest import compose_run
 from tests.qa_task import ROWS, write_qa
 
@@ -60,6 +60,7 @@ def test_train_source_equal_to_source_takes_disjoint_rows_and_templated_prompts(
     assert not (questions["validation"] & questions["test"])
     pairs = make_objective(cfg.task, tiny.tokenizer).train_pairs(splits.train)
     validation = make_objective(cfg.task, tiny.tokenizer).prepare(splits.validation)
+    assert isinstance(validation, PreparedPrompts)
     for pair, row in zip(pairs, splits.train, strict=True):
         # the validation prompts' template ({knowledge} included) and chat template
         assert f"{row['knowledge']}\nQuestion: {row['question']}" in pair.prompt

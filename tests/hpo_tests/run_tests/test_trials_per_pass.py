@@ -96,14 +96,14 @@ def test_generation_trials_in_one_pass_match_each_trial_alone(demo_worker: Worke
     )
     alone, together, heard = _alone_and_together(demo_worker, plans)
     for g, (a, t) in enumerate(zip(alone, together, strict=True)):
-        assert t.extras["continuations"] == a.extras["continuations"], f"trial {g}"
+        assert t.continuations == a.continuations, f"trial {g}"
         assert t.per_item == pytest.approx(a.per_item, abs=1e-9)
         assert t.metrics["kl"] == pytest.approx(a.metrics["kl"], rel=1e-3, abs=1e-5)
         assert t.metrics["perplexity"] == pytest.approx(a.metrics["perplexity"], rel=1e-5)
-        assert t.extras["constraints"] == pytest.approx(a.extras["constraints"], rel=1e-4)
+        assert t.constraints == pytest.approx(a.constraints, rel=1e-4)
         assert [step for step, _ in heard[g]] == [0, 1]
         assert heard[g][-1][1] == pytest.approx(a.value, abs=1e-9)
-    assert len({tuple(map(tuple, a.extras["continuations"])) for a in alone}) == len(alone)
+    assert len({tuple(map(tuple, a.continuations)) for a in alone}) == len(alone)
 
 
 def test_generation_with_stop_strings_in_one_pass(smollm2: LoadedModel) -> None:
@@ -145,11 +145,11 @@ def test_generation_with_stop_strings_in_one_pass(smollm2: LoadedModel) -> None:
     )
     alone, together, _ = _alone_and_together(worker, plans)
     for a, t in zip(alone, together, strict=True):
-        assert t.extras["continuations"] == a.extras["continuations"]
-        assert t.extras["texts"] == a.extras["texts"]
-    texts = [text for a in alone for text in a.extras["texts"]]
+        assert t.continuations == a.continuations
+        assert t.texts == a.texts
+    texts = [text for a in alone for text in a.texts]
     assert all("." not in text and "!" not in text for text in texts)
-    lengths = {len(c) for a in alone for c in a.extras["continuations"]}
+    lengths = {len(c) for a in alone for c in a.continuations}
     assert min(lengths) < 12, "some row stopped at a stop string"
 
 
