@@ -6,13 +6,14 @@ k, in interleaved rounds (fresh order each), so load drift hits every k alike; o
 per-round ratios to k = 1 count. k = 1 is today's path (`study.optimize`, one trial at a time);
 k > 1 scores k trials in one batched pass (`hpo.run.passes`).
 
-    python -m bench.trials_per_pass [--quick]
+    python -m bench.trials_per_pass [--quick] [--rounds N]
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -38,6 +39,8 @@ def main(quick: bool = False) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rounds, n, ks = (1, 4, (1, 2, 4)) if quick else (3, 8, KS)
+    if "--rounds" in sys.argv[1:]:
+        rounds = int(sys.argv[sys.argv.index("--rounds") + 1])
     extra = ("task.splits.validation=4", "task.objective.max_new_tokens=8") if quick else ()
     base = ("experiment=demo", "study.baseline=false", "task.instruction=null", "pruner=none")
     load_before = _uptime()
