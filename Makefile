@@ -20,6 +20,7 @@ LATEST_BIN  := $(LATEST_VENV)/bin
 LATEST_TESTS ?= tests/hpo_tests/model_tests/test_kv.py \
 	tests/hpo_tests/model_tests/test_architectures.py \
 	tests/hpo_tests/steering_tests/test_hooks.py tests/hpo_tests/core_tests/test_modes.py \
+	tests/hpo_tests/steering_tests/test_row_groups.py \
 	tests/hpo_tests/export_tests/test_replay.py \
 	tests/hpo_tests/export_tests/test_replay_generation.py \
 	tests/hpo_tests/export_tests/test_bundle.py tests/hpo_tests/steering_tests/test_residual.py \
@@ -36,6 +37,7 @@ OLDEST_TRANSFORMERS ?= $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' p
 OLDEST_TESTS ?= tests/hpo_tests/model_tests/test_kv.py \
 	tests/hpo_tests/model_tests/test_architectures.py \
 	tests/hpo_tests/steering_tests/test_hooks.py tests/hpo_tests/core_tests/test_modes.py \
+	tests/hpo_tests/steering_tests/test_row_groups.py \
 	tests/hpo_tests/export_tests/test_replay.py \
 	tests/hpo_tests/export_tests/test_replay_generation.py \
 	tests/hpo_tests/export_tests/test_bundle.py \
