@@ -14,7 +14,7 @@ from torch import nn
 
 from hpo.model.blocks import find_blocks
 from hpo.model.decoding import generate_ids
-from hpo.model.kv import RepeatedPrefixes, repeat_rows
+from hpo.model.kv import RepeatedPrefixes, output_cache, repeat_rows
 from hpo.steering.application import Application
 from hpo.steering.gates import Gate
 from hpo.steering.handle import RowGroup
@@ -149,7 +149,7 @@ def test_repeated_prefix_rows_interleave_and_keep_the_original() -> None:
     model, _ = _build("llama")
     with torch.inference_mode():
         out = model(**_padded([list(p) for p in PROMPTS]), use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     before = cache.layers[0].keys.clone()
     repeated = repeat_rows(cache, 3)
     assert repeated.layers[0].keys.shape[0] == 6
