@@ -162,8 +162,8 @@ def _begin(
 
 
 def _groups(runner: TrialRunner, asked: list[_Asked]) -> list[list[_Asked]]:
-    """The passes to run: trials sharing one prepared split together (the references first,
-    so every steered trial's deltas see them), each trial the residual cache serves alone."""
+    """The passes to run: trials sharing one prepared split together (the references first in
+    each), each trial the residual cache serves alone."""
     worker = runner.worker
     together: dict[int, list[_Asked]] = {}
     alone: list[list[_Asked]] = []
@@ -173,7 +173,10 @@ def _groups(runner: TrialRunner, asked: list[_Asked]) -> list[list[_Asked]]:
             together.setdefault(id(a.start.prepared), []).append(a)
         else:
             alone.append([a])
-    return [*together.values(), *alone]
+    # Passes of reference trials alone first: both baselines are recorded before any steered
+    # trial of these passes is (its deltas to each).
+    groups = [*together.values(), *alone]
+    return sorted(groups, key=lambda g: any(not a.start.is_baseline for a in g))
 
 
 def _score_and_tell(
