@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -19,6 +20,35 @@ from hpo.core.config import to_run_config
 from hpo.model.loading import LoadedModel, load_model, local_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _loggers() -> list[logging.Logger]:
+    named = logging.Logger.manager.loggerDict.values()
+    return [logging.getLogger(), *(lg for lg in named if isinstance(lg, logging.Logger))]
+
+
+def _drop_closed_handlers() -> None:
+    """Remove every handler whose stream is closed (a finished test's captured stderr)."""
+    for lg in _loggers():
+        lg.handlers[:] = [
+            h for h in lg.handlers if not getattr(getattr(h, "stream", None), "closed", False)
+        ]
+
+
+@pytest.fixture(autouse=True)
+def isolated_logging() -> Iterator[None]:
+    """Every logger as it was before the test, and none writing to a closed stream:
+    `hpo.cli.command.main` and Hydra point loggers at the test's captured stderr, which is
+    closed once the test (or a module fixture) ends, and a later log line would then fail on it
+    ("I/O operation on closed file") and break a test that reads stderr."""
+    _drop_closed_handlers()
+    saved = [(lg, lg.level, lg.handlers[:], lg.propagate, lg.disabled) for lg in _loggers()]
+    yield
+    for lg, level, handlers, propagate, disabled in saved:
+        lg.setLevel(level)
+        lg.handlers[:] = handlers
+        lg.propagate, lg.disabled = propagate, disabled
+    _drop_closed_handlers()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -106,12 +106,17 @@ def running_by_job(study: optuna.Study) -> dict[str, FrozenTrial]:
     return {t.user_attrs["slurm_job_id"]: t for t in running if "slurm_job_id" in t.user_attrs}
 
 
+N_TRIALS = 60
+
+
 def test_three_slurm_jobs_share_a_study_and_faults_lose_only_the_running_trials(
     cluster: SlurmCluster, pg_url: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     name = f"slurm-{uuid.uuid4().hex[:8]}"
     env = hpo_env(cluster, pg_url)
-    args = [*study_args(tiny_model_dir, tmp_path, name), "study.n_trials=20"]
+    # Budget enough that the three jobs overlap and the requeued one still finds trials when
+    # a loaded machine starts them minutes apart (20 ran out before the third job started).
+    args = [*study_args(tiny_model_dir, tmp_path, name), f"study.n_trials={N_TRIALS}"]
     create(env, args)
     log = tmp_path / "submit.log"
     proc = submit(env, args, tmp_path, log, jobs=3)
@@ -148,14 +153,14 @@ def test_three_slurm_jobs_share_a_study_and_faults_lose_only_the_running_trials(
     proc.wait(timeout=500)
     out = log.read_text()
     assert proc.returncode == 0, out[-3000:]
-    assert "other jobs met study.n_trials=20" in out
+    assert f"other jobs met study.n_trials={N_TRIALS}" in out
     failed = [
         f"{a['slurm_array_job_id']}_{a['slurm_array_task_id']}"
         for a in (held[cancelled].user_attrs, held[killed].user_attrs)
     ]
     assert any(job_id in out for job_id in failed), out[-3000:]  # the failed job is named
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-    assert len(finished) == 20
+    assert len(finished) == N_TRIALS
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     # SIGKILL is at once; scancel and requeue send SIGTERM first (submitit lets the running
     # trial go on until SIGKILL, KillWait later), so their trial may finish or die then
