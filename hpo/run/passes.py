@@ -43,7 +43,7 @@ from hpo.core.record import (
     record_pass,
     record_placement,
 )
-from hpo.run.budget import OverBudget, check_claim, counts, retry_baseline, wait_for_others
+from hpo.run.budget import CLAIMING, OverBudget, check_claim, retry_baseline, wait_for_others
 from hpo.run.trial import Timings, TrialRunner, TrialStart
 from objectives import ScoreResult
 
@@ -78,8 +78,7 @@ class _Asked:
 def _room(study: optuna.Study, n_trials: int, per_pass: int) -> int:
     """How many trials to ask now: at most `per_pass`, and no more than the budget has room
     for (at least one while a retry waits: its claim is checked when it runs)."""
-    c = counts(study)
-    claimed = c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.RUNNING]
+    claimed = len(study.get_trials(deepcopy=False, states=CLAIMING))
     return max(1, min(per_pass, n_trials - claimed))
 
 
