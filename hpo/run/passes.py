@@ -34,14 +34,12 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from hpo.core.errors import TrialFailure, UserError
-from hpo.core.placement import placement
 from hpo.core.record import (
     BASELINE_ATTR,
     PROMPTED_ATTR,
     format_params,
     record_failure,
     record_pass,
-    record_placement,
 )
 from hpo.run.budget import CLAIMING, OverBudget, check_claim, retry_baseline, wait_for_others
 from hpo.run.trial import Timings, TrialRunner, TrialStart
@@ -153,7 +151,6 @@ def _begin(
     except OverBudget as e:
         log.info("trial %d not run: %s (another worker won the race)", trial.number, e)
         return str(e)
-    record_placement(trial, placement(runner.host), str(runner.worker.loaded.device))
     try:
         return runner.begin(trial)
     except TrialFailure as e:

@@ -128,7 +128,6 @@ class TrialRunner:
         self.baseline_items: list[float] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        record_placement(trial, placement(self.host), str(self.worker.loaded.device))
         try:
             start = self.begin(trial)
             report = self.reporter(trial, start.is_baseline)
@@ -145,8 +144,10 @@ class TrialRunner:
             raise
 
     def begin(self, trial: optuna.Trial) -> TrialStart:
-        """Suggest the trial's params, record its prompting, and build its plan."""
+        """Record where the trial runs, suggest its params, record its prompting, and build
+        its plan."""
         worker = self.worker
+        record_placement(trial, placement(self.host), str(worker.loaded.device))
         is_prompted = bool(trial.user_attrs.get(PROMPTED_ATTR, False))
         # Both reference trials are unsteered (alpha = 0); the prompted one has the instruction.
         is_baseline = is_prompted or bool(trial.user_attrs.get(BASELINE_ATTR, False))
