@@ -24,7 +24,7 @@ from hpo.model.decoding import generate_ids
 from hpo.model.loading import load_model, local_model_dir
 from hpo.steering.activations import ActivationCache, extract_activations
 from hpo.steering.application import Application
-from hpo.steering.hooks import steer
+from hpo.steering.hooks import steer, steer_groups
 from objectives import ChoiceProbability, ContrastivePair
 from tests.conftest import unit
 
@@ -219,31 +219,28 @@ def tokenizer_dir() -> Path:
     return Path(local_model_dir(ModelConfig())[0])
 
 
-@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"llama"}))
-def test_activation_cache_and_prefix_reuse_work_end_to_end(
-    family: str, tokenizer_dir: Path, tmp_path: Path
-) -> None:
-    """The worker's path on each family: load from disk, cache activations, score A/B items with
-    the unsteered prompt prefix reused under steering, equal to full forward passes."""
+PAIRS = [
+    ContrastivePair(ITEM, "(B)", "(A)"),
+    ContrastivePair("Sky?\n (A) red\n (B) blue", "(B)", "(A)"),
+]
+
+
+def _saved_family(family: str, tokenizer_dir: Path, out: Path, **init: Any) -> Any:
+    """The family's tiny model saved with SmolLM2's tokenizer and loaded as a worker does
+    (`init`: more config keys)."""
     from transformers import AutoTokenizer
 
     config_name, model_name, kwargs, _path = FAMILIES[family]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = getattr(transformers, config_name)(**{**kwargs, "vocab_size": len(tokenizer)})
+    config = getattr(transformers, config_name)(**{**kwargs, "vocab_size": len(tokenizer), **init})
     torch.manual_seed(0)
-    getattr(transformers, model_name)(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    loaded = load_model(ModelConfig(name_or_path=str(tmp_path), gguf_file=None, threads=None))
+    getattr(transformers, model_name)(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return load_model(ModelConfig(name_or_path=str(out), gguf_file=None, threads=None))
 
-    pairs = [
-        ContrastivePair(ITEM, "(B)", "(A)"),
-        ContrastivePair("Sky?\n (A) red\n (B) blue", "(B)", "(A)"),
-    ]
-    cache = ActivationCache(extract_activations(loaded, pairs), "k")
-    positive, negative = cache.pair("last", 1)
-    assert positive.shape == negative.shape == (2, HIDDEN)
-    assert not torch.equal(positive, negative)
 
+def _choices(loaded: Any) -> tuple[ChoiceProbability, Any]:
+    """A/B scoring of `PAIRS` with its unsteered prompt prefix built."""
     objective = ChoiceProbability(
         TaskConfig(
             name="t",
@@ -254,9 +251,25 @@ def test_activation_cache_and_prefix_reuse_work_end_to_end(
         loaded.tokenizer,
     )
     prepared = objective.prepare(
-        [{"q": p.prompt, "good": p.positive, "bad": p.negative} for p in pairs]
+        [{"q": p.prompt, "good": p.positive, "bad": p.negative} for p in PAIRS]
     )
     objective.build_prefix(loaded.model, prepared)
+    return objective, prepared
+
+
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"llama"}))
+def test_activation_cache_and_prefix_reuse_work_end_to_end(
+    family: str, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    """The worker's path on each family: load from disk, cache activations, score A/B items with
+    the unsteered prompt prefix reused under steering, equal to full forward passes."""
+    loaded = _saved_family(family, tokenizer_dir, tmp_path)
+    cache = ActivationCache(extract_activations(loaded, PAIRS), "k")
+    positive, negative = cache.pair("last", 1)
+    assert positive.shape == negative.shape == (2, HIDDEN)
+    assert not torch.equal(positive, negative)
+
+    objective, prepared = _choices(loaded)
     plain = objective.score(loaded.model, prepared)
     with steer(
         loaded.model,
@@ -268,3 +281,33 @@ def test_activation_cache_and_prefix_reuse_work_end_to_end(
         reused = objective.score(loaded.model, prepared, reuse_prefix=True)
     assert reused.per_item == pytest.approx(full.per_item, abs=1e-5)
     assert full.per_item != pytest.approx(plain.per_item, abs=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_trials_sharing_one_pass_on_the_reused_prefix_equal_each_alone(
+    family: str, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    """`study.trials_per_pass` on each family's own KV cache (sliding-window layers included):
+    the prompt prefix repeated per trial, each row group under its own steering, equal to each
+    trial scored alone on the plain prefix."""
+    # Larger weights than the default init, so the letters' probabilities move with steering.
+    loaded = _saved_family(family, tokenizer_dir, tmp_path, initializer_range=0.5)
+    objective, prepared = _choices(loaded)
+    steerings = [
+        ({1: unit(HIDDEN) * 8.0}, Application(alpha=1.0, positions="prompt_end_onward")),
+        ({2: unit(HIDDEN, seed=1) * 8.0}, Application(alpha=-0.7, positions="prompt_end_onward")),
+        (
+            {0: unit(HIDDEN, seed=2) * 8.0},
+            Application(alpha=0.5, positions="prompt_end_onward", mode="add_norm_preserving"),
+        ),
+    ]
+    alone = []
+    for vectors, app in steerings:
+        with steer(loaded.model, loaded.blocks, vectors, app):
+            alone.append(objective.score(loaded.model, prepared, reuse_prefix=True).per_item)
+    with steer_groups(loaded.model, loaded.blocks, steerings):
+        together = objective.score_groups(loaded.model, prepared, [None] * 3, reuse_prefix=True)
+    for one, shared in zip(alone, together, strict=True):
+        assert shared.per_item == pytest.approx(one, abs=1e-5)
+    assert alone[0] != pytest.approx(alone[1], abs=1e-4)  # the groups really differ
+    assert _hook_count(loaded.model) == 0
