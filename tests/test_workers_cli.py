@@ -49,10 +49,11 @@ def stale_retries(study: optuna.Study, victim: int) -> dict[int, optuna.trial.Fr
               if t.state == TrialState.FAIL}  # fmt: skip
     assert victim in failed, failed
     # a retry names the attempt it retries last in its history (a retry can be retried)
-    retries = {t.system_attrs["retry_history"][-1]: t for t in study.trials
-               if "retry_history" in t.system_attrs}  # fmt: skip
+    pairs = [(t.system_attrs["retry_history"][-1], t) for t in study.trials
+             if "retry_history" in t.system_attrs]  # fmt: skip
     stale = sorted(n for n, why in failed.items() if not why.startswith("over budget"))
-    assert sorted(retries) == stale, failed
+    assert sorted(n for n, _ in pairs) == stale, failed  # each exactly once
+    retries = dict(pairs)
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     assert all(t.state in done for t in retries.values() if t.number not in failed), failed
     return retries
